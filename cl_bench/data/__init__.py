@@ -1,0 +1,1 @@
+"""Task sequences: sources of labelled images and the builders that cut them into tasks."""

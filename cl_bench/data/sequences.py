@@ -1,0 +1,107 @@
+"""Task builders over a labelled source: class splits (split MNIST) and pixel permutations
+(permuted MNIST), and the run's task sequence from the selected dataset configs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor
+
+from cl_bench.data.sources import LabelledImages, stratified_take
+from cl_bench.data.task import Task, TensorSplit
+
+
+def _train_val(x: Tensor, y: Tensor, val_fraction: float, split_seed: int) -> tuple[TensorSplit, TensorSplit]:
+    val = stratified_take(y, val_fraction, split_seed)
+    train = torch.ones(len(y), dtype=torch.bool)
+    train[val] = False
+    return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
+
+
+def split_tasks(
+    source: LabelledImages, splits: list[list[int]], name: str, val_fraction: float = 0.1, split_seed: int = 0
+) -> list[Task]:
+    """One task per class list; a task's label of a class is its position in the list
+    (even digits then odd: label = digit // 2, seed 003)."""
+    classes = set(source.classes)
+    seen: set[int] = set()
+    for group in splits:
+        unknown = [c for c in group if c not in classes]
+        repeated = [c for c in group if c in seen or group.count(c) > 1]
+        if unknown or repeated or not group:
+            raise ValueError(
+                f"dataset.{name}.splits={splits}: each class may appear once and must be one of "
+                f"{sorted(classes)} (unknown: {unknown}, repeated: {sorted(set(repeated))})"
+            )
+        seen.update(group)
+    train, val = _train_val(source.train_x, source.train_y, val_fraction, split_seed)
+    tasks = []
+    for position, group in enumerate(splits):
+        relabel = torch.full((max(classes) + 1,), -1, dtype=torch.long)
+        relabel[torch.tensor(group)] = torch.arange(len(group))
+
+        def part(x: Tensor, y: Tensor) -> TensorSplit:
+            keep = relabel[y] >= 0
+            return TensorSplit(x[keep], relabel[y[keep]])
+
+        tasks.append(
+            Task(
+                name=f"{name}.{position}",
+                train=part(train.x, train.y),
+                val=part(val.x, val.y),
+                test=part(source.test_x, source.test_y),
+                class_names=[str(c) for c in group],
+                input_shape=tuple(source.train_x.shape[1:]),
+            )
+        )
+    return tasks
+
+
+def pixel_permutations(n_tasks: int, n_pixels: int, permutation_seed: int) -> list[Tensor | None]:
+    """The first task's permutation is the identity (None); the others are seeded random."""
+    generator = torch.Generator().manual_seed(permutation_seed)
+    return [None] + [torch.randperm(n_pixels, generator=generator) for _ in range(n_tasks - 1)]
+
+
+def permuted_tasks(
+    source: LabelledImages,
+    n_tasks: int,
+    name: str,
+    permutation_seed: int = 0,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> list[Task]:
+    """`n_tasks` tasks of every class, each with its own fixed pixel permutation (seed 004)."""
+    if n_tasks < 1:
+        raise ValueError(f"dataset.{name}.n_tasks={n_tasks}: must be at least 1")
+    train, val = _train_val(source.train_x, source.train_y, val_fraction, split_seed)
+    test = TensorSplit(source.test_x, source.test_y)
+    shape = tuple(source.train_x.shape[1:])
+    tasks = []
+    for position, perm in enumerate(pixel_permutations(n_tasks, math.prod(shape), permutation_seed)):
+        tasks.append(
+            Task(
+                name=f"{name}.{position}",
+                train=TensorSplit(train.x, train.y, perm),
+                val=TensorSplit(val.x, val.y, perm),
+                test=TensorSplit(test.x, test.y, perm),
+                class_names=[str(c) for c in source.classes],
+                input_shape=shape,
+            )
+        )
+    return tasks
+
+
+def build_task_sequence(datasets: DictConfig) -> list[Task]:
+    """The tasks of every selected dataset config, in the order they were selected."""
+    tasks: list[Task] = []
+    for key, node in datasets.items():
+        built = instantiate(node, name=key) if "name" not in node else instantiate(node)
+        tasks.extend(built)
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names must be unique, got {names}")
+    return tasks

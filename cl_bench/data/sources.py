@@ -1,0 +1,85 @@
+"""Labelled image sources held as tensors: MNIST (torchvision's files) and scikit-learn's digits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass
+class LabelledImages:
+    """Images as float tensors [N, C, H, W] in [0, 1] with integer labels, in a train and a test part."""
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(set(self.train_y.tolist()))
+
+
+def _missing_mnist_files(raw: Path) -> list[str]:
+    return [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
+
+
+def mnist(root: str, download: bool = False) -> LabelledImages:
+    """MNIST read by torchvision from `root/MNIST/raw` (fetched first if `download` and possible)."""
+    from torchvision.datasets import MNIST
+
+    raw = Path(root).expanduser() / "MNIST" / "raw"
+    if _missing_mnist_files(raw) and download:
+        try:
+            MNIST(str(Path(root).expanduser()), train=True, download=True)
+            MNIST(str(Path(root).expanduser()), train=False, download=True)
+        except Exception as error:  # network errors take many forms; the message below says what to do
+            print(f"MNIST download failed: {error}")
+    missing = _missing_mnist_files(raw)
+    if missing:
+        raise FileNotFoundError(
+            f"MNIST files not found in {raw}: {', '.join(missing)} (plain or .gz). Put MNIST's IDX files "
+            f"there (torchvision's layout: <data_dir>/MNIST/raw/), set data_dir=<folder holding MNIST/>, "
+            f"or pass dataset.<name>.source.download=true on a machine with internet."
+        )
+    parts = [MNIST(str(Path(root).expanduser()), train=train, download=False) for train in (True, False)]
+    (train_x, train_y), (test_x, test_y) = [(p.data.unsqueeze(1).float() / 255.0, p.targets.long()) for p in parts]
+    return LabelledImages("mnist", train_x, train_y, test_x, test_y)
+
+
+def sklearn_digits(test_fraction: float = 0.2, split_seed: int = 0) -> LabelledImages:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no network), with a seeded
+    stratified test part carved out since the set has none."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    test = stratified_take(y, test_fraction, split_seed)
+    train = torch.ones(len(y), dtype=torch.bool)
+    train[test] = False
+    return LabelledImages("sklearn_digits", x[train], y[train], x[test], y[test])
+
+
+def stratified_take(y: Tensor, fraction: float, seed: int) -> Tensor:
+    """Sorted indices of a seeded random `fraction` of each class's examples."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"a split fraction must lie in (0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    taken = []
+    for label in torch.unique(y).tolist():
+        members = (y == label).nonzero().squeeze(1)
+        count = max(1, round(fraction * len(members)))
+        taken.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(taken).sort().values

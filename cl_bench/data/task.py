@@ -1,0 +1,154 @@
+"""A task: named train / val / test splits with local labels 0..n_classes-1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol
+
+import torch
+from torch import Tensor
+
+
+class Split(Protocol):
+    """What the trainer needs of a split, whether tensor-held or read from image files."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def deterministic(self) -> bool:
+        """True when a given example always yields the same input (no random augmentation)."""
+        ...
+
+    def to(self, device: torch.device) -> "Split": ...
+
+    def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Examples at `index` (1-D long tensor) as (x, y) on the split's device."""
+        ...
+
+    def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        """Training batches for the given index batches, in order (image splits load them in
+        DataLoader workers and augment them; tensor splits gather them)."""
+        ...
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every example once, in order, without augmentation."""
+        ...
+
+
+@dataclass
+class TensorSplit:
+    """A split held as tensors (on the training device), batched by index.
+
+    `pixel_permutation`, when set, is applied to the flattened pixels of every gathered batch, so
+    permuted tasks share one copy of the images.
+    """
+
+    x: Tensor
+    y: Tensor
+    pixel_permutation: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} examples but y has {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def deterministic(self) -> bool:
+        return True
+
+    def to(self, device: torch.device) -> "TensorSplit":
+        perm = None if self.pixel_permutation is None else self.pixel_permutation.to(device)
+        return TensorSplit(self.x.to(device), self.y.to(device), perm)
+
+    def _permute(self, x: Tensor) -> Tensor:
+        if self.pixel_permutation is None:
+            return x
+        return x.flatten(1)[:, self.pixel_permutation].view_as(x)
+
+    def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        index = index.to(self.y.device)
+        return self._permute(self.x[index]), self.y[index]
+
+    def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        for index in index_batches:
+            yield self.gather(index)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self), batch_size):
+            yield self._permute(self.x[start : start + batch_size]), self.y[start : start + batch_size]
+
+    def subset(self, index: Tensor) -> "TensorSplit":
+        """A new split of the examples at `index` (same permutation)."""
+        index = index.to(self.y.device)
+        return TensorSplit(self.x[index], self.y[index], self.pixel_permutation)
+
+
+class ConcatSplit:
+    """Several splits seen as one (joint training); `task_ids` gives each example's task."""
+
+    def __init__(self, splits: list[Split], task_ids: list[int]):
+        self.splits = splits
+        sizes = torch.tensor([len(s) for s in splits])
+        self.starts = torch.cumsum(sizes, 0) - sizes
+        self.task_ids = torch.repeat_interleave(torch.tensor(task_ids), sizes)
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    @property
+    def deterministic(self) -> bool:
+        return all(s.deterministic for s in self.splits)
+
+    def to(self, device: torch.device) -> "ConcatSplit":
+        return ConcatSplit([s.to(device) for s in self.splits], self.task_ids.unique_consecutive().tolist())
+
+    def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        index = index.cpu()
+        part = torch.bucketize(index, self.starts, right=True) - 1
+        xs, ys, order = [], [], []
+        for p in part.unique().tolist():
+            where = (part == p).nonzero().squeeze(1)
+            x, y = self.splits[p].gather(index[where] - self.starts[p])
+            xs.append(x)
+            ys.append(y)
+            order.append(where)
+        inverse = torch.argsort(torch.cat(order)).to(xs[0].device)
+        return torch.cat(xs)[inverse], torch.cat(ys)[inverse]
+
+    def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        for index in index_batches:
+            yield self.gather(index)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for split in self.splits:
+            yield from split.eval_batches(batch_size)
+
+
+@dataclass
+class Task:
+    """One task of a sequence: its splits, its class names and the shape of one input."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    input_shape: tuple[int, ...]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device) -> "Task":
+        return Task(
+            self.name,
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.class_names,
+            self.input_shape,
+            self.info,
+        )

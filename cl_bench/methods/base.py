@@ -1,0 +1,78 @@
+"""The method interface: hooks the trainer calls around every task and at every step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cl_bench.data.task import Split, Task
+from cl_bench.scenario import Scenario
+
+
+@dataclass
+class Batch:
+    """A training batch: inputs, local labels, the task of each example, and (for examples of the
+    task being trained) their index in its training split, -1 for examples a method added."""
+
+    x: Tensor
+    y: Tensor
+    task_ids: Tensor
+    index: Tensor
+
+
+@dataclass
+class TrainData:
+    """The split a task is trained on and the task of each of its examples."""
+
+    split: Split
+    task_ids: Tensor
+
+
+@dataclass
+class TrainContext:
+    """What a method may read: the model, the task sequence, the scenario and where we are."""
+
+    model: nn.Module
+    tasks: list[Task]
+    scenario: Scenario
+    task_idx: int
+    device: torch.device
+    generator: torch.Generator
+    batch_size: int
+
+
+class Method:
+    """Cross-entropy on the current task's data and nothing else; methods override the hooks.
+
+    Loss terms returned by `loss_terms` are already weighted (e.g. λ·L_EWC); the trainer adds them
+    to the task loss and logs each one under its name.
+    """
+
+    def train_data(self, ctx: TrainContext) -> TrainData:
+        """The data the current task is trained on: by default its own training split."""
+        split = ctx.tasks[ctx.task_idx].train
+        return TrainData(split, torch.full((len(split),), ctx.task_idx, dtype=torch.long))
+
+    def before_task(self, ctx: TrainContext) -> None:
+        """Called after the head has grown for the task, before its first step."""
+
+    def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
+        """Add examples to a batch (replay); the default adds none."""
+        return batch
+
+    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        """Extra weighted loss terms for this step, by name."""
+        return {}
+
+    def after_task(self, ctx: TrainContext) -> None:
+        """Called when the task's training budget is spent."""
+
+    def state_dict(self) -> dict:
+        """Tensors and plain values that restore the method's state (checkpoint-safe types only)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {sorted(state)}")

@@ -1,0 +1,7 @@
+"""Plain sequential fine-tuning: cross-entropy on the task being trained (seed 000's baseline)."""
+
+from cl_bench.methods.base import Method
+
+
+class Baseline(Method):
+    """Fine-tuning with no countermeasure; `lowlr` is this method at a lower learning rate."""
