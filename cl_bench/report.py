@@ -41,7 +41,13 @@ def find_run_dirs(roots: list[Path]) -> list[Path]:
 
 def _run_config(run_dir: Path) -> dict:
     path = run_dir / ".hydra" / "config.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
+    if not path.exists():
+        return {}
+    config = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except Exception:  # an interpolation needing Hydra's runtime: keep the raw values
+        return OmegaConf.to_container(config, resolve=False)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -172,6 +178,7 @@ def write_report(roots: list[Path], out_dir: Path) -> str:
     runs = pd.DataFrame([read_run(d) for d in find_run_dirs(roots)])
     if runs.empty:
         raise FileNotFoundError(f"no cl_bench runs under {', '.join(map(str, roots))}")
+    runs = runs.dropna(subset=["method", "lr"])
     table = score_table(runs)
     text = markdown_table(table, runs)
     out_dir.mkdir(parents=True, exist_ok=True)

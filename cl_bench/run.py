@@ -23,6 +23,7 @@ from cl_bench.provenance import device_description, git_state, resolve_device, v
 from cl_bench.scenario import Scenario
 from cl_bench.summary import SUMMARY_FILE, result_summary
 from cl_bench.trainer import Trainer
+from cl_bench.validate import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,15 @@ def task_end_checkpointer(run_dir: Path, keep: int):
     return save
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> float:
-    """Train the configured sequence in `run_dir`; returns the Score (FAILED_SCORE on failure)."""
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train the configured sequence in `run_dir`; returns the summary (status failed on failure)."""
     started = time.perf_counter()
     summary: dict = {"status": "running", **describe(cfg)}
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    tasks = []
+    logger = instantiate(cfg.logger)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", listeners=[logger.log_row])
     try:
+        validate_config(cfg)
+        logger.start(cfg, run_dir)
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -98,5 +101,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> float:
             frame = read_metrics(run_dir)
             frame.to_csv(run_dir / "metrics.csv", index=False)
             plot_curves(frame, run_dir / "curves.png", f"{summary['method']} (lr={summary['lr']:g})")
+        logger.finish(summary, run_dir)
+    return summary
+
+
+def objective(summary: dict) -> float:
+    """The value a sweeper maximises: the Score, or the worst Score for a failed run."""
     score = summary.get("score")
-    return score if summary["status"] == "ok" and not math.isnan(score) else FAILED_SCORE
+    return score if summary["status"] == "ok" and score is not None and math.isfinite(score) else FAILED_SCORE

@@ -1,0 +1,99 @@
+"""Image folders: listing root/<folder>/<image>, classes from folder names by a pattern, curation by
+class size, a header check of every file, and a seeded stratified train/val/test split."""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+LAYOUT = "root/<class folder>/<image>, e.g. root/honda_civic_2004/0001.jpg"
+
+
+def list_folders(root: Path) -> dict[str, list[str]]:
+    """Sorted image paths of every sub-folder of `root` (hidden files and other suffixes ignored)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder root {root} not found; expected the layout {LAYOUT}")
+    folders = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_dir() and not entry.name.startswith("."):
+            folders[entry.name] = sorted(
+                f.path
+                for f in os.scandir(entry.path)
+                if f.is_file() and not f.name.startswith(".") and Path(f.name).suffix.lower() in IMAGE_SUFFIXES
+            )
+    if not any(folders.values()):
+        raise FileNotFoundError(f"no images under {root}; expected the layout {LAYOUT}")
+    return folders
+
+
+def group_folders(folders: list[str], class_pattern: str, class_group: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Folders of each class, the class named by `class_group` formatted with the named groups of a
+    full match of `class_pattern` (and `folder`, the whole name); unmatched folders listed apart."""
+    regex = re.compile(class_pattern)
+    classes: dict[str, list[str]] = {}
+    unmatched = []
+    for folder in folders:
+        match = regex.fullmatch(folder)
+        if match is None:
+            unmatched.append(folder)
+            continue
+        classes.setdefault(class_group.format(folder=folder, **match.groupdict()), []).append(folder)
+    return classes, unmatched
+
+
+def curate(counts: dict[str, int], top_k: int | None, min_images: int) -> tuple[list[str], dict[str, int]]:
+    """Kept classes (sorted by name): those with at least `min_images` images, then the `top_k`
+    largest of them (ties by name); and the dropped classes with their counts."""
+    ranked = sorted(counts, key=lambda c: (-counts[c], c))
+    kept = [c for c in ranked if counts[c] >= min_images][:top_k]
+    dropped = {c: counts[c] for c in ranked if c not in set(kept)}
+    return sorted(kept), dropped
+
+
+def header_error(path: str) -> str | None:
+    """None when PIL identifies the file and `verify()` passes (header parse; full CRC check for
+    PNG), else the error."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad files
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def header_errors(paths: list[str]) -> dict[str, str]:
+    """The paths that fail `header_error`, with their errors (about 35 us a JPEG when cached by the OS)."""
+    errors = {path: header_error(path) for path in paths}
+    return {path: error for path, error in errors.items() if error is not None}
+
+
+def split_counts(n: int, val: float, test: float) -> tuple[int, int]:
+    """(n_val, n_test) of a class of n: rounded fractions, at least one each when the class has
+    room for train, val and test, train never emptied."""
+    n_test = min(max(1, round(test * n)) if test > 0 else 0, max(n - 1, 0))
+    n_val = min(max(1, round(val * n)) if val > 0 else 0, max(n - 1 - n_test, 0))
+    return n_val, n_test
+
+
+def stratified_split(labels: Tensor, class_names: list[str], val: float, test: float, seed: int) -> dict[str, Tensor]:
+    """Sorted example indices of train/val/test: each class's examples permuted by a generator seeded
+    from (`seed`, class name), so a class's split doesn't depend on which other classes are kept."""
+    if val < 0 or test < 0 or val + test >= 1:
+        raise ValueError(f"split fractions val={val}, test={test}: each must be >= 0 and their sum < 1")
+    parts: dict[str, list[Tensor]] = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(class_names):
+        members = (labels == label).nonzero().squeeze(1)
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_val, n_test = split_counts(len(members), val, test)
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
+    return {key: torch.cat(chunks).sort().values for key, chunks in parts.items()}

@@ -1,0 +1,290 @@
+"""Diagonal Fisher information: the mean over examples of squared per-sample gradients of log p(y|x).
+
+p = softmax(scenario.restrict(logits, task_ids)). The label y is chosen by `label`:
+
+- ``true``: the data label (the empirical Fisher of seeds 003/004);
+- ``sample``: drawn from p(·|x) (Kirkpatrick et al.), by inverse CDF from uniforms drawn with the
+  given generator for the whole index up front, so the draw does not depend on batching;
+- ``argmax``: the most probable allowed class;
+- ``expected``: the exact expectation Σ_c p(c|x)·(∂ log p(c|x))², p detached. It costs one backward
+  pass per class that has non-zero probability for some example of the batch.
+
+`diagonal_fisher` computes per-sample squared gradients in one batched backward per label pass,
+from hooks on Linear, Conv2d and BatchNorm (eval) layers; `diagonal_fisher_loop` is the plain
+per-sample reference. A model the fast path does not cover falls back to the loop with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cl_bench.data.task import Split
+from cl_bench.scenario import Scenario
+
+LABELS = ("true", "sample", "argmax", "expected")
+
+# Largest per-sample gradient block (examples × weight elements) materialised at once.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def diagonal_fisher(
+    model: nn.Module,
+    split: Split,
+    index: Tensor,
+    task_id: int,
+    scenario: Scenario,
+    label: str = "true",
+    batch_size: int = 128,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Diagonal Fisher of the trainable parameters on `split.gather(index)`, by name (fast path)."""
+    uniforms = _uniforms(label, len(index), generator)
+    gap = fast_path_gap(model)
+    if gap is None and not _probe_agrees(model, split, index[:1]):
+        gap = "a one-example check of the per-sample gradient hooks failed (a parameter is reused or used outside its layer)"
+    if gap is not None:
+        warnings.warn(f"diagonal_fisher: {gap}; using the per-sample loop", stacklevel=2)
+        return diagonal_fisher_loop(model, split, index, task_id, scenario, label, batch_size, generator)
+    params = _trainable(model)
+    sums = {name: torch.zeros_like(p) for name, p in params.items()}
+    with _eval_mode(model), torch.enable_grad(), _hooks(model, sums):
+        for x, objective in _objectives(model, split, index, task_id, scenario, label, batch_size, uniforms):
+            inputs = [x] if x.requires_grad else list(params.values())
+            torch.autograd.grad(objective, inputs, retain_graph=True)
+    return {name: total / len(index) for name, total in sums.items()}
+
+
+def diagonal_fisher_loop(
+    model: nn.Module,
+    split: Split,
+    index: Tensor,
+    task_id: int,
+    scenario: Scenario,
+    label: str = "true",
+    batch_size: int = 128,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Reference implementation: one forward and backward per example (and per class for `expected`)."""
+    params = _trainable(model)
+    sums = {name: torch.zeros_like(p) for name, p in params.items()}
+    uniforms = _uniforms(label, len(index), generator)
+    with _eval_mode(model), torch.enable_grad():
+        for start in range(0, len(index), batch_size):
+            x, y = split.gather(index[start : start + batch_size])
+            for i in range(len(y)):
+                u = None if uniforms is None else uniforms[start + i : start + i + 1]
+                log_p = _log_probs(model, x[i : i + 1], task_id, scenario)
+                for objective in _label_passes(log_p, y[i : i + 1], task_id, scenario, label, u):
+                    grads = torch.autograd.grad(objective, list(params.values()), retain_graph=True, allow_unused=True)
+                    for name, grad in zip(params, grads):
+                        if grad is not None:
+                            sums[name] += grad.square()
+    return {name: total / len(index) for name, total in sums.items()}
+
+
+def _trainable(model: nn.Module) -> dict[str, Tensor]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (frozen BatchNorm statistics, no dropout), restoring every module's mode after."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _uniforms(label: str, n: int, generator: torch.Generator | None) -> Tensor | None:
+    """The uniforms `sample` draws its labels from, one per example; None for other labels."""
+    if label not in LABELS:
+        raise ValueError(f"label={label!r} is not one of {', '.join(LABELS)}")
+    if n == 0:
+        raise ValueError("the Fisher needs at least one example")
+    if label != "sample":
+        return None
+    if generator is None:
+        raise ValueError("label='sample' needs a torch.Generator for reproducible draws")
+    return torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device)
+
+
+def _log_probs(model: nn.Module, x: Tensor, task_id: int, scenario: Scenario) -> Tensor:
+    logits = model(x)
+    task_ids = torch.full((len(x),), task_id, dtype=torch.long, device=logits.device)
+    return torch.log_softmax(scenario.restrict(logits, task_ids), dim=1)
+
+
+def _label_passes(
+    log_p: Tensor, y: Tensor, task_id: int, scenario: Scenario, label: str, uniforms: Tensor | None
+) -> list[Tensor]:
+    """Scalar objectives whose per-sample squared gradients add up to the Fisher contribution."""
+    if label == "expected":
+        p = log_p.detach().exp()
+        live = (p > 0).any(0).nonzero().squeeze(1).tolist()
+        return [(p[:, c].sqrt() * log_p[:, c]).sum() for c in live]
+    if label == "true":
+        task_ids = torch.full_like(y, task_id)
+        units = scenario.targets(y, task_ids)
+    elif label == "argmax":
+        units = log_p.argmax(1)
+    else:
+        units = _sample(log_p.detach().exp(), uniforms.to(log_p.device))
+    return [log_p.gather(1, units[:, None]).sum()]
+
+
+def _sample(p: Tensor, uniforms: Tensor) -> Tensor:
+    """Inverse-CDF draw of one unit per row; never a unit of zero probability."""
+    cdf = p.double().cumsum(1)
+    units = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).squeeze(1)
+    return torch.minimum(units, cdf.argmax(1))
+
+
+def _objectives(
+    model: nn.Module,
+    split: Split,
+    index: Tensor,
+    task_id: int,
+    scenario: Scenario,
+    label: str,
+    batch_size: int,
+    uniforms: Tensor | None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(input, objective) for every label pass of every batch; inputs require grad when they can."""
+    for start in range(0, len(index), batch_size):
+        x, y = split.gather(index[start : start + batch_size])
+        if x.is_floating_point():
+            x = x.detach().requires_grad_(True)
+        u = None if uniforms is None else uniforms[start : start + len(y)]
+        log_p = _log_probs(model, x, task_id, scenario)
+        for objective in _label_passes(log_p, y, task_id, scenario, label, u):
+            yield x, objective
+
+
+# Per-sample squared gradients of the covered layers, from the layer input `a` and the gradient
+# `g` of the summed objective with respect to the layer output (row n of g is example n's own).
+
+
+def _sum_sq_outer(g: Tensor, a: Tensor) -> Tensor:
+    """Σ_n (g_n a_nᵀ)² for g (N, G, O, L) and a (N, G, K, L): (G, O, K).
+
+    L = 1 uses (g²)ᵀ(a²) (no per-sample tensor); otherwise per-sample products in chunks.
+    """
+    if g.shape[-1] == 1:
+        return torch.einsum("ngo,ngk->gok", g.squeeze(-1).square(), a.squeeze(-1).square())
+    n_groups, outs, ins = g.shape[1], g.shape[2], a.shape[2]
+    total = g.new_zeros(n_groups, outs, ins)
+    step = max(1, CHUNK_ELEMENTS // (n_groups * outs * ins))
+    for start in range(0, len(g), step):
+        per_sample = torch.matmul(g[start : start + step], a[start : start + step].transpose(-1, -2))
+        total += per_sample.square_().sum(0)
+    return total
+
+
+def _linear_rule(module: nn.Linear, a: Tensor, g: Tensor) -> dict[str, Tensor]:
+    a = a.reshape(len(a), 1, -1, a.shape[-1]).transpose(-1, -2)
+    g = g.reshape(len(g), 1, -1, g.shape[-1]).transpose(-1, -2)
+    return {"weight": _sum_sq_outer(g, a)[0], "bias": g.sum(-1).square().sum(0)[0]}
+
+
+def _conv2d_rule(module: nn.Conv2d, a: Tensor, g: Tensor) -> dict[str, Tensor]:
+    n, groups = len(a), module.groups
+    cols = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
+    cols = cols.view(n, groups, -1, cols.shape[-1])
+    g = g.reshape(n, groups, -1, cols.shape[-1])
+    weight = _sum_sq_outer(g, cols).reshape(module.weight.shape)
+    return {"weight": weight, "bias": g.sum(-1).square().sum(0).flatten()}
+
+
+def _batchnorm_rule(module: nn.modules.batchnorm._BatchNorm, a: Tensor, g: Tensor) -> dict[str, Tensor]:
+    shape = (1, -1) + (1,) * (a.dim() - 2)
+    x_hat = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+    g, x_hat = g.reshape(*g.shape[:2], -1), x_hat.reshape(*a.shape[:2], -1)
+    return {"weight": (g * x_hat).sum(-1).square().sum(0), "bias": g.sum(-1).square().sum(0)}
+
+
+Rule = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]
+RULES: dict[type, Rule] = {
+    nn.Linear: _linear_rule,
+    nn.Conv2d: _conv2d_rule,
+    nn.BatchNorm1d: _batchnorm_rule,
+    nn.BatchNorm2d: _batchnorm_rule,
+}
+
+
+def fast_path_gap(model: nn.Module) -> str | None:
+    """Why the hooks cannot give exact per-sample gradients for `model`, or None when they can."""
+    owners: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for p_name, p in module.named_parameters(recurse=False):
+            if id(p) in owners and owners[id(p)] != name:
+                return f"parameter {name}.{p_name} is shared with {owners[id(p)]}"
+            owners[id(p)] = name
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        if type(module) not in RULES:
+            return f"layer {name or 'model'} ({type(module).__name__}) has parameters the fast path does not cover"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+            return f"layer {name} normalises with batch statistics (no running stats), so per-sample gradients are coupled"
+        if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+            return f"layer {name} uses padding {module.padding!r}/{module.padding_mode}, which the fast path does not cover"
+    return None
+
+
+@contextmanager
+def _hooks(model: nn.Module, sums: dict[str, Tensor]) -> Iterator[None]:
+    """Forward hooks that, for each covered layer call, add its per-sample squared gradients to `sums`
+    when the backward pass reaches the layer output (hooks on the output see its gradient as it was
+    before any later in-place change, e.g. ResNet's inplace ReLU)."""
+    handles = []
+    for name, module in model.named_modules():
+        targets = {p_name: f"{name}.{p_name}" if name else p_name for p_name, p in module.named_parameters(recurse=False)}
+        targets = {p_name: full for p_name, full in targets.items() if full in sums}
+        if targets:
+            handles.append(module.register_forward_hook(_forward_hook(RULES[type(module)], targets, sums)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _forward_hook(rule: Rule, targets: dict[str, str], sums: dict[str, Tensor]):
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        a = inputs[0].detach()
+
+        def on_grad(g: Tensor) -> None:
+            for p_name, value in rule(module, a, g.detach()).items():
+                if p_name in targets:
+                    sums[targets[p_name]] += value
+
+        if output.requires_grad:
+            output.register_hook(on_grad)
+
+    return hook
+
+
+def _probe_agrees(model: nn.Module, split: Split, index: Tensor) -> bool:
+    """On one example the per-sample squared gradient is the squared gradient: compare hooks to autograd."""
+    params = _trainable(model)
+    hooked = {name: torch.zeros_like(p) for name, p in params.items()}
+    with _eval_mode(model), torch.enable_grad():
+        x, _ = split.gather(index)
+        objective = model(x).logsumexp(1).sum()
+        with _hooks(model, hooked):
+            objective_hooked = model(x).logsumexp(1).sum()
+            torch.autograd.grad(objective_hooked, list(params.values()), allow_unused=True)
+        grads = torch.autograd.grad(objective, list(params.values()), allow_unused=True)
+    for (name, value), grad in zip(hooked.items(), grads):
+        exact = torch.zeros_like(value) if grad is None else grad.square()
+        if (value - exact).norm() > 1e-3 * exact.norm():
+            return False
+    return True

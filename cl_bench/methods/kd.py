@@ -1,0 +1,165 @@
+"""Knowledge distillation as Learning without Forgetting (Li & Hoiem; seed 000's L_B + κ·L_KD)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cl_bench.data.task import Split
+from cl_bench.methods.base import Batch, Method, TrainContext
+
+TEACHER_MODES = ("auto", "recorded", "live")
+STATE_KEYS = {"teacher", "recorded", "recorded_task"}
+# Examples per teacher forward pass when recording a task's outputs (inference only).
+RECORD_BATCH_SIZE = 1024
+
+
+def distillation_losses(student: Tensor, teacher: Tensor, groups: list[slice], T: float) -> Tensor:
+    """Per-example Σ over groups of H(softmax(teacher/T), softmax(student/T)) on the group's units."""
+    total = student.new_zeros(len(student))
+    for units in groups:
+        target = F.softmax(teacher[:, units] / T, dim=1)
+        total = total - (target * F.log_softmax(student[:, units] / T, dim=1)).sum(1)
+    return total
+
+
+def old_model_state(model: nn.Module, n_old_units: int) -> dict[str, Tensor]:
+    """`model`'s state with the head cut back to its first `n_old_units` rows (the units it had
+    when the previous task ended)."""
+    state = dict(model.state_dict())
+    for key in ("head.weight", "head.bias"):
+        if key in state:
+            state[key] = state[key][:n_old_units]
+    return state
+
+
+def build_teacher(model: nn.Module, state: dict[str, Tensor], device: torch.device) -> nn.Module:
+    """A frozen, eval-mode copy of `model`'s architecture holding `state`, whose head may be smaller."""
+    teacher = copy.deepcopy(model)
+    rows, dtype = state["head.weight"].shape[0], state["head.weight"].dtype
+    teacher.head = nn.Linear(model.head.in_features, rows, bias="head.bias" in state, dtype=dtype)
+    teacher.load_state_dict(state)
+    for parameter in teacher.parameters():
+        parameter.grad = None
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def record_outputs(teacher: nn.Module, split: Split) -> Tensor:
+    """The teacher's logits on every example of `split`, in split order (LwF's Y_o)."""
+    with torch.inference_mode():
+        chunks = [teacher(x) for x, _ in split.eval_batches(RECORD_BATCH_SIZE)]
+    return torch.cat(chunks)
+
+
+class KD(Method):
+    """Learning without Forgetting: L_B + κ·L_KD, L_KD distilling the previous model's old-task outputs.
+
+    The teacher is the model as it was when the previous task ended: a frozen copy taken in
+    `before_task` whose head keeps only the rows that existed then. For each group of old units
+    that one softmax normalises (`scenario.old_output_groups`: class-IL all old classes jointly,
+    task-IL each old task's head separately, domain-IL the shared head),
+
+        L_KD = Σ_groups mean_batch −Σ_j softmax(z_old/T)_j · log softmax(z/T)_j,
+
+    the teacher's (recorded) probabilities being the target, as in Li & Hoiem's
+    L_old(y_o, ŷ_o) = −Σ y'_o log ŷ'_o. Seed 000 writes the cross-entropy with the current and the
+    old outputs the other way round; this follows Li & Hoiem. `t_squared` multiplies by T² (Hinton
+    et al.'s scaling, which keeps gradient sizes comparable across temperatures).
+
+    `teacher`: "recorded" runs the teacher once over the task's training split in `before_task`
+    and looks its logits up by `batch.index` (LwF's "record Y_o"; every example must come from that
+    split); "live" runs the teacher on each batch (needed when augmentation changes the inputs) and
+    distils only the examples with index ≥ 0; "auto" records when the split is deterministic.
+
+    Checkpoints hold the teacher's state dict and the recorded logits. After `load_state_dict` the
+    teacher is rebuilt lazily from `ctx.model`'s architecture at the next step that needs it (a
+    resume inside a task); a resume at a task boundary takes a fresh teacher in `before_task`.
+    """
+
+    def __init__(self, kappa: float = 1.0, T: float = 2.0, t_squared: bool = False, teacher: str = "auto"):
+        if kappa < 0:
+            raise ValueError(f"method.kappa={kappa}: must be >= 0")
+        if T <= 0:
+            raise ValueError(f"method.T={T}: must be > 0")
+        if teacher not in TEACHER_MODES:
+            raise ValueError(f"method.teacher={teacher!r} is not one of {', '.join(TEACHER_MODES)}")
+        self.kappa = kappa
+        self.T = T
+        self.t_squared = t_squared
+        self.teacher_mode = teacher
+        self.teacher: nn.Module | None = None
+        self.teacher_state: dict[str, Tensor] | None = None
+        self.recorded: Tensor | None = None
+        self.recorded_task = -1
+
+    @property
+    def active(self) -> bool:
+        return self.kappa > 0
+
+    def before_task(self, ctx: TrainContext) -> None:
+        """Snapshot the teacher (tasks after the first) and record its outputs if so configured."""
+        self.teacher, self.teacher_state, self.recorded, self.recorded_task = None, None, None, -1
+        if ctx.task_idx == 0 or not self.active:
+            return
+        n_old = ctx.scenario.units_existing_before(ctx.task_idx)
+        self.teacher = build_teacher(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
+        split = self.train_data(ctx).split
+        if self.teacher_mode == "recorded" or (self.teacher_mode == "auto" and split.deterministic):
+            self.recorded = record_outputs(self.teacher, split)
+            self.recorded_task = ctx.task_idx
+
+    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        if ctx.task_idx == 0 or not self.active:
+            return {}
+        old, weight = self._teacher_logits(ctx, batch)
+        losses = distillation_losses(logits, old, ctx.scenario.old_output_groups(ctx.task_idx), self.T)
+        loss = (losses * weight).sum() / weight.sum().clamp(min=1)
+        scale = self.kappa * self.T**2 if self.t_squared else self.kappa
+        return {"kd": scale * loss}
+
+    def _teacher_logits(self, ctx: TrainContext, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The teacher's old-unit logits for every example of the batch and each example's weight
+        (1 for examples of the task's split, 0 for examples a method added); no host sync."""
+        own = batch.index >= 0
+        if self.recorded_task == ctx.task_idx:
+            torch._assert_async(
+                own.all(),
+                "KD with recorded teacher outputs got examples with index -1 (added to the batch by another "
+                "mechanism); their teacher outputs were never recorded: use method.teacher=live",
+            )
+            self.recorded = self.recorded.to(ctx.device)
+            return self.recorded[batch.index], own.float()
+        with torch.inference_mode():
+            old = self._live_teacher(ctx)(batch.x)
+        return old, own.float()
+
+    def _live_teacher(self, ctx: TrainContext) -> nn.Module:
+        """The teacher, rebuilt from a loaded checkpoint on first use."""
+        if self.teacher is None:
+            if self.teacher_state is None:
+                raise RuntimeError(f"KD has no teacher for task {ctx.task_idx}: before_task was not called")
+            self.teacher = build_teacher(ctx.model, self.teacher_state, ctx.device)
+        return self.teacher
+
+    def state_dict(self) -> dict:
+        state: dict = {}
+        teacher_state = self.teacher.state_dict() if self.teacher is not None else self.teacher_state
+        if teacher_state is not None:
+            state["teacher"] = dict(teacher_state)
+        if self.recorded is not None:
+            state["recorded"] = self.recorded
+            state["recorded_task"] = self.recorded_task
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Keep the teacher's state for a lazy rebuild and the recorded logits."""
+        unknown = set(state) - STATE_KEYS
+        if unknown:
+            raise ValueError(f"KD checkpoint state has unknown keys {sorted(unknown)}")
+        self.teacher = None
+        self.teacher_state = state.get("teacher")
+        self.recorded = state.get("recorded")
+        self.recorded_task = state.get("recorded_task", -1)

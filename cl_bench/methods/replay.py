@@ -1,0 +1,125 @@
+"""Experience replay from a fixed-size exemplar memory (End-to-End Incremental Learning, seed 002)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cl_bench.data.task import Split
+from cl_bench.methods.base import Batch, Method, TrainContext
+
+SELECTIONS = ("random", "herding")
+MEMORY_KEYS = ("x", "y", "task_ids", "rank")
+# Examples per forward pass when computing a finished task's features (inference only).
+FEATURE_BATCH_SIZE = 1024
+
+
+def herding(features: Tensor, m: int) -> Tensor:
+    """iCaRL's herding: `m` row indices of `features`, in selection order, each chosen so that the
+    running mean of the chosen L2-normalised features stays closest to the class mean."""
+    phi = F.normalize(features, dim=1)
+    mean = phi.mean(0)
+    chosen_sum = torch.zeros_like(mean)
+    available = torch.ones(len(phi), dtype=torch.bool, device=phi.device)
+    chosen = []
+    for k in range(1, min(m, len(phi)) + 1):
+        distance = (mean - (chosen_sum + phi) / k).norm(dim=1).masked_fill(~available, float("inf"))
+        pick = int(distance.argmin())
+        chosen.append(pick)
+        available[pick] = False
+        chosen_sum += phi[pick]
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def labels_and_features(model: nn.Module, split: Split, with_features: bool) -> tuple[Tensor, Tensor | None]:
+    """Every label of `split` (on the CPU) and, if asked, `model.features` of every example, computed
+    in eval mode without gradients (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    labels, features = [], []
+    with torch.inference_mode():
+        for x, y in split.eval_batches(FEATURE_BATCH_SIZE):
+            labels.append(y.cpu())
+            if with_features:
+                features.append(model.features(x).flatten(1))
+    model.train(was_training)
+    return torch.cat(labels), torch.cat(features) if with_features else None
+
+
+class Replay(Method):
+    """Each batch gets `replay_batch_size` exemplars of earlier tasks drawn uniformly from memory.
+
+    The memory holds at most `memory_size` examples, ⌊memory_size / n⌋ per class over the n classes
+    (a class being a task's label) seen so far: when a task ends its classes get their exemplars and
+    the older classes keep only the first ⌊memory_size / n⌋ of theirs (iCaRL's reduction; herding's
+    order puts the most representative first, random selection's order is random). Exemplars are
+    the gathered inputs (pixel permutation applied) with their local labels and task ids.
+    """
+
+    def __init__(self, memory_size: int = 200, selection: str = "random", replay_batch_size: int | None = None):
+        if memory_size < 1:
+            raise ValueError(f"method.memory_size={memory_size}: must be >= 1")
+        if selection not in SELECTIONS:
+            raise ValueError(f"method.selection={selection!r} is not one of {', '.join(SELECTIONS)}")
+        if replay_batch_size is not None and replay_batch_size < 1:
+            raise ValueError(f"method.replay_batch_size={replay_batch_size}: must be >= 1 or null")
+        self.memory_size = memory_size
+        self.selection = selection
+        self.replay_batch_size = replay_batch_size
+        self.memory: dict[str, Tensor] = {}
+
+    def after_task(self, ctx: TrainContext) -> None:
+        """Shrink the old classes' exemplars to the new per-class share and add the task's."""
+        n_classes = sum(task.n_classes for task in ctx.tasks[: ctx.task_idx + 1])
+        per_class = self.memory_size // n_classes
+        if per_class == 0:
+            raise ValueError(
+                f"method.memory_size={self.memory_size} is smaller than the {n_classes} classes seen by task "
+                f"{ctx.task_idx}: each class needs at least one exemplar"
+            )
+        new = self._exemplars(ctx, per_class)
+        if self.memory:
+            kept = self.memory["rank"] < per_class
+            new = {key: torch.cat([self.memory[key][kept], new[key].to(self.memory[key].device)]) for key in new}
+        self.memory = new
+
+    def _exemplars(self, ctx: TrainContext, per_class: int) -> dict[str, Tensor]:
+        """Up to `per_class` exemplars of each class of the task just trained, in selection order."""
+        task = ctx.tasks[ctx.task_idx]
+        labels, features = labels_and_features(ctx.model, task.train, self.selection == "herding")
+        picks = []
+        for label in range(task.n_classes):
+            members = (labels == label).nonzero().squeeze(1)
+            if features is None:
+                order = torch.randperm(len(members), generator=ctx.generator)[:per_class]
+            else:
+                order = herding(features[members.to(features.device)], per_class)
+            picks.append(members[order])
+        index = torch.cat(picks)
+        x, y = task.train.gather(index)
+        rank = torch.cat([torch.arange(len(p)) for p in picks]).to(y.device)
+        return {"x": x, "y": y, "task_ids": torch.full_like(y, ctx.task_idx), "rank": rank}
+
+    def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
+        """The batch followed by exemplars drawn uniformly without replacement (index -1)."""
+        if not self.memory:
+            return batch
+        size = len(self.memory["y"])
+        count = min(self.replay_batch_size or ctx.batch_size, size)
+        pick = torch.randperm(size, generator=ctx.generator)[:count].to(self.memory["y"].device)
+        x, y, task_ids = (self.memory[key][pick].to(batch.x.device) for key in ("x", "y", "task_ids"))
+        return Batch(
+            torch.cat([batch.x, x]),
+            torch.cat([batch.y, y]),
+            torch.cat([batch.task_ids, task_ids]),
+            torch.cat([batch.index, torch.full_like(y, -1)]),
+        )
+
+    def state_dict(self) -> dict:
+        return dict(self.memory)
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and set(state) != set(MEMORY_KEYS):
+            raise ValueError(f"Replay checkpoint state has keys {sorted(state)}, expected {list(MEMORY_KEYS)}")
+        self.memory = dict(state)

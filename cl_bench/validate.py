@@ -1,0 +1,47 @@
+"""Checks of a composed config before anything is built or trained: one clear message per bad key."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from cl_bench.scenario import SCENARIOS
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{key}={value!r}: must be a positive {'integer' if kind is int else 'number'}")
+    if value <= 0:
+        raise ConfigError(f"{key}={value}: must be > 0")
+
+
+def _budget(cfg: DictConfig, prefix: str) -> None:
+    steps, epochs = OmegaConf.select(cfg, f"{prefix}steps"), OmegaConf.select(cfg, f"{prefix}epochs")
+    if (steps is None) == (epochs is None):
+        raise ConfigError(
+            f"{prefix}steps={steps}, {prefix}epochs={epochs}: set exactly one of them (the other to null)"
+        )
+    _positive(cfg, f"{prefix}steps" if steps is not None else f"{prefix}epochs", int if steps is not None else float)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first value that cannot work."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"mandatory value(s) not set: {', '.join(missing)} (give them on the command line, key=value)")
+    for key in ("lr", "first_task.lr"):
+        _positive(cfg, key)
+    for key in ("batch_size", "eval_batch_size", "eval_every", "checkpoint.keep"):
+        _positive(cfg, key, int)
+    _budget(cfg, "first_task.")
+    _budget(cfg, "")
+    if cfg.scenario not in SCENARIOS:
+        raise ConfigError(f"scenario={cfg.scenario!r}: choose one of {', '.join(SCENARIOS)}")
+    if not cfg.dataset:
+        raise ConfigError("dataset=[]: select at least one dataset, e.g. dataset=[split_sklearn_digits]")
+    if cfg.threads is not None:
+        _positive(cfg, "threads", int)

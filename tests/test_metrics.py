@@ -1,0 +1,58 @@
+"""Score, Score_k, the accuracy matrix summaries, on hand-computed curves."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cl_bench.metrics import average_final_accuracy, backward_transfer, forgetting, peak_score, task_letters
+
+
+def test_score_is_peak_mean_within_window():
+    # rows 0-2: task A training (excluded), rows 3-6: task B from its step 0
+    curves = [[0.1, 0.0], [0.9, 0.0], [0.99, 0.99], [0.9, 0.1], [0.6, 0.8], [0.5, 0.95], [0.1, 0.99]]
+    steps = [0, 50, 100, 100, 150, 200, 250]
+    score = peak_score(curves, window_start=3, steps=steps)
+    assert score.score == pytest.approx((0.5 + 0.95) / 2)
+    assert score.per_task == [0.5, 0.95]
+    assert score.step == 200
+
+
+def test_score_window_includes_the_last_task_step_zero():
+    curves = [[0.2, 0.1], [0.95, 0.3], [0.9, 0.2], [0.5, 0.5]]
+    score = peak_score(curves, window_start=1, steps=[0, 10, 20, 30])
+    assert score.step == 10 and score.per_task == [0.95, 0.3]
+
+
+def test_score_ties_go_to_the_earliest_point():
+    curves = [[0.6, 0.4], [0.4, 0.6], [0.5, 0.5]]
+    score = peak_score(curves, window_start=0, steps=[0, 1, 2])
+    assert score.step == 0 and score.per_task == [0.6, 0.4]
+
+
+def test_score_skips_points_with_a_missing_task():
+    score = peak_score([[1.0, math.nan], [0.2, 0.4]], 0, [0, 1])
+    assert score.step == 1
+
+
+def test_matrix_summaries_hand_computed():
+    matrix = [
+        [0.9, 0.1, 0.1],
+        [0.7, 0.8, 0.1],
+        [0.5, 0.6, 0.9],
+    ]
+    assert average_final_accuracy(matrix) == pytest.approx((0.5 + 0.6 + 0.9) / 3)
+    assert forgetting(matrix) == pytest.approx([0.9 - 0.5, 0.8 - 0.6])
+    assert backward_transfer(matrix) == pytest.approx(((0.5 - 0.9) + (0.6 - 0.8)) / 2)
+
+
+def test_forgetting_uses_the_best_earlier_accuracy_not_the_first():
+    matrix = [[0.5, 0.0], [0.7, 0.9], [0.6, 0.9]]
+    assert forgetting(matrix)[0] == pytest.approx(0.7 - 0.6)
+    assert backward_transfer(matrix) == pytest.approx(((0.6 - 0.5) + (0.9 - 0.9)) / 2)
+
+
+def test_task_letters():
+    assert task_letters(2) == ["A", "B"]
+    assert task_letters(27)[:2] == ["1", "2"]

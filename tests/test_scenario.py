@@ -1,0 +1,52 @@
+"""Scenarios: targets, masking and head growth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cl_bench.models.head import grow_head
+from cl_bench.models.mlp import MLP
+from cl_bench.scenario import Scenario
+
+
+def test_domain_il_shares_one_head():
+    scenario = Scenario("domain", [5, 5])
+    assert scenario.n_outputs(0) == scenario.n_outputs(1) == 5
+    y = torch.tensor([0, 4])
+    assert torch.equal(scenario.targets(y, torch.tensor([1, 1])), y)
+
+
+def test_class_il_grows_and_offsets_labels():
+    scenario = Scenario("class", [182, 10])
+    assert (scenario.n_outputs(0), scenario.n_outputs(1)) == (182, 192)
+    assert scenario.targets(torch.tensor([3, 3]), torch.tensor([0, 1])).tolist() == [3, 185]
+    assert scenario.old_output_groups(1) == [slice(0, 182)]
+    assert scenario.units_existing_before(1) == 182
+    assert not scenario.evaluable(1, 182) and scenario.evaluable(1, 192)
+
+
+def test_task_il_loss_is_the_softmax_over_the_tasks_own_units():
+    scenario = Scenario("task", [2, 3])
+    logits = torch.randn(2, 5)
+    y, task_ids = torch.tensor([1, 2]), torch.tensor([0, 1])
+    expected = (F.cross_entropy(logits[:1, 0:2], y[:1]) + F.cross_entropy(logits[1:, 2:5], y[1:])) / 2
+    assert scenario.loss(logits, y, task_ids) == pytest.approx(float(expected))
+    assert scenario.old_output_groups(2 - 1) == [slice(0, 2)]
+    big = torch.tensor([[0.0, 1.0, 9.0, 0.0, 0.0]])
+    assert int(scenario.predict(big, 0)) == 1  # the other task's larger logit is ignored
+
+
+def test_unknown_scenario_is_refused():
+    with pytest.raises(ValueError, match="scenario='joint'"):
+        Scenario("joint", [2])
+
+
+def test_grow_head_keeps_old_rows_exactly():
+    model = MLP((1, 4, 4), 3, [8])
+    old_weight, old_bias = model.head.weight.detach().clone(), model.head.bias.detach().clone()
+    assert grow_head(model, 5)
+    assert model.head.weight.shape == (5, 8)
+    assert torch.equal(model.head.weight[:3], old_weight) and torch.equal(model.head.bias[:3], old_bias)
+    assert not grow_head(model, 5)
