@@ -11,8 +11,12 @@ import pandas as pd
 METRICS_FILE = "metrics.jsonl"
 
 
+def _json_row(row: dict) -> str:
+    return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+
+
 class MetricsLog:
-    """Appends rows to `run_dir/metrics.jsonl` and keeps them in memory; forwards them to listeners."""
+    """Appends rows to `path` and keeps them in memory; forwards them to listeners."""
 
     def __init__(self, path: Path, listeners: list = ()):
         self.path = path
@@ -22,11 +26,18 @@ class MetricsLog:
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         with self.path.open("a") as file:
-            file.write(json.dumps(clean) + "\n")
+            file.write(_json_row(row) + "\n")
         for listener in self.listeners:
             listener(row)
+
+    def resume(self, n_rows: int) -> None:
+        """Keep the file's first `n_rows` rows (those a checkpoint accounts for), drop the rest."""
+        lines = self.path.read_text().splitlines()[:n_rows] if self.path.exists() else []
+        if len(lines) < n_rows:
+            raise ValueError(f"{self.path} has {len(lines)} rows but the checkpoint accounts for {n_rows}")
+        self.rows = [{k: (math.nan if v is None else v) for k, v in json.loads(line).items()} for line in lines]
+        self.path.write_text("".join(line + "\n" for line in lines))
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:

@@ -5,24 +5,29 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.checkpoint import keep_last, save_checkpoint, write_json
+from cl_bench.checkpoint import CheckpointDir, load_checkpoint, write_json
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.figures import plot_curves
-from cl_bench.methods.base import Method
+from cl_bench.first_task_cache import FirstTaskCache, first_task_key
 from cl_bench.methods.build import build_method
-from cl_bench.metrics_log import MetricsLog, read_metrics
+from cl_bench.models.head import grow_head
+from cl_bench.metrics_log import METRICS_FILE, MetricsLog, read_metrics
 from cl_bench.provenance import device_description, git_state, resolve_device, versions
 from cl_bench.scenario import Scenario
 from cl_bench.summary import SUMMARY_FILE, result_summary
-from cl_bench.trainer import Trainer
+from cl_bench.trainer import StopRequested, Trainer
 from cl_bench.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -44,55 +49,103 @@ def describe(cfg: DictConfig) -> dict:
     }
 
 
-def task_end_checkpointer(run_dir: Path, keep: int):
-    """A callback saving model and method state after each task, keeping the last `keep` files."""
+def resumed_config(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path]:
+    """With `resume=<run folder>`, that run's own config and folder; else the given ones."""
+    if not cfg.get("resume"):
+        return cfg, run_dir
+    folder = Path(cfg.resume).expanduser()
+    saved = folder / ".hydra" / "config.yaml"
+    if not saved.exists():
+        raise FileNotFoundError(f"resume={cfg.resume}: no run folder there ({saved} is missing)")
+    log.info("resuming %s (this invocation's own folder %s stays empty)", folder, run_dir)
+    return OmegaConf.load(saved), folder
 
-    def save(task_idx: int, model: torch.nn.Module, method: Method) -> None:
-        folder = run_dir / "checkpoints"
-        state = {"task": task_idx, "model": model.state_dict(), "method": method.state_dict()}
-        save_checkpoint(state, folder / f"task{task_idx:03d}.pt")
-        keep_last(folder, "task*.pt", keep)
 
-    return save
+@contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGTERM / SIGINT ask the trainer to checkpoint and stop at the end of its current step;
+    a second SIGINT stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame) -> None:
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("signal %s: checkpointing and stopping after this step", signal.Signals(signum).name)
+        trainer.stop_requested = True
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def load_initial_weights(model: torch.nn.Module, path: str) -> None:
+    """`init_from`: a cl_bench checkpoint (its model) or a plain state dict, loaded safely."""
+    state = load_checkpoint(Path(path).expanduser())
+    weights = state.get("model", state)
+    if "head.weight" in weights:
+        grow_head(model, weights["head.weight"].shape[0])
+    model.load_state_dict(weights)
+
+
+def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict) -> None:
+    """Build everything from `cfg` and train the sequence, resuming from the run's last checkpoint."""
+    validate_config(cfg)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    summary["device"] = device_description(device)
+    tasks = [task.to(device) for task in build_task_sequence(cfg.dataset)]
+    summary["tasks"] = [task.name for task in tasks]
+    scenario = Scenario(cfg.scenario, [task.n_classes for task in tasks])
+    model = instantiate(cfg.model, input_shape=tasks[0].input_shape, n_outputs=scenario.n_outputs(0))
+    if cfg.init_from:
+        load_initial_weights(model, cfg.init_from)
+    method = build_method(cfg.method)
+    checkpoints = CheckpointDir(run_dir / "checkpoints", cfg.checkpoint.keep)
+    trainer = Trainer(cfg, tasks, model.to(device), method, scenario, device, metrics.append, checkpoints.save)
+    latest = checkpoints.latest()
+    if latest is not None:
+        state = load_checkpoint(latest, device)
+        metrics.resume(state["rows_logged"])
+        trainer.load_state_dict(state)
+        summary["resumed_from"] = str(latest)
+        log.info("resumed from %s", latest)
+    first_task = None
+    if cfg.first_task.cache and not method.changes_first_task:
+        first_task = FirstTaskCache(Path(cfg.cache_dir), first_task_key(cfg, device.type), metrics)
+    with stop_on_signals(trainer):
+        result = trainer.run(first_task)
+    summary["first_task_cached"] = bool(first_task and first_task.hit)
+    summary.update(result_summary(metrics.rows, tasks, result))
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train the configured sequence in `run_dir`; returns the summary (status failed on failure)."""
+    """Train the configured sequence in `run_dir` (or resume it); returns the summary, whose status
+    says whether it failed. Whatever was computed stays in the run folder."""
     started = time.perf_counter()
-    summary: dict = {"status": "running", **describe(cfg)}
+    summary: dict = {"status": "running"}
+    cfg, run_dir = resumed_config(cfg, run_dir)
+    summary.update(describe(cfg))
     logger = instantiate(cfg.logger)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", listeners=[logger.log_row])
+    metrics = MetricsLog(run_dir / METRICS_FILE, listeners=[logger.log_row])
     try:
-        validate_config(cfg)
         logger.start(cfg, run_dir)
-        torch.manual_seed(cfg.seed)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        device = resolve_device(cfg.device)
-        summary["device"] = device_description(device)
-        tasks = [task.to(device) for task in build_task_sequence(cfg.dataset)]
-        summary["tasks"] = [task.name for task in tasks]
-        scenario = Scenario(cfg.scenario, [task.n_classes for task in tasks])
-        model = instantiate(cfg.model, input_shape=tasks[0].input_shape, n_outputs=scenario.n_outputs(0))
-        method = build_method(cfg.method)
-        trainer = Trainer(
-            cfg,
-            tasks,
-            model.to(device),
-            method,
-            scenario,
-            device,
-            on_eval=metrics.append,
-            on_task_end=task_end_checkpointer(run_dir, cfg.checkpoint.keep),
-        )
-        summary.update(result_summary(metrics.rows, tasks, trainer.run()))
+        train(cfg, run_dir, metrics, summary)
         summary["status"] = "ok"
+    except StopRequested as stop:
+        summary.update(status="interrupted", error=f"{stop}; continue with: cl-bench resume={run_dir}")
     except Exception as error:
         summary.update(status="failed", error=f"{type(error).__name__}: {error}")
         (run_dir / "error.txt").write_text(traceback.format_exc())
         log.error("run failed: %s (traceback in %s)", summary["error"], run_dir / "error.txt")
     except BaseException:
-        summary.update(status="interrupted", error="stopped by the user or a signal")
+        summary.update(status="interrupted", error=f"stopped at once; continue with: cl-bench resume={run_dir}")
         raise
     finally:
         summary.update(wall_time_s=time.perf_counter() - started, git=git_state(), versions=versions())

@@ -1,12 +1,13 @@
 """The one training loop every method runs through: tasks in sequence, evaluation of every task's
-val split every `eval_every` steps, and the accuracy matrix on the test splits at each task end."""
+val split every `eval_every` steps, the accuracy matrix on the test splits at each task end, and a
+state that can be saved at any step and resumed to the same metrics."""
 
 from __future__ import annotations
 
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -14,21 +15,25 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cl_bench.data.task import Task
 from cl_bench.evaluation import accuracies
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
 from cl_bench.models.head import grow_head
 from cl_bench.optim import build_optimizer
 from cl_bench.scenario import Scenario
-from cl_bench.data.task import Task
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; raised at the next evaluation boundary."""
+    """The loss became NaN or infinite; raised at the next evaluation or checkpoint boundary."""
+
+
+class StopRequested(RuntimeError):
+    """A signal asked the run to stop; its state was checkpointed first."""
 
 
 @dataclass
 class SequenceResult:
-    """What a finished sequence leaves behind besides its metrics rows."""
+    """What a sequence leaves behind besides its metrics rows."""
 
     val_matrix: list[list[float]] = field(default_factory=list)
     test_matrix: list[list[float]] = field(default_factory=list)
@@ -59,8 +64,25 @@ def index_batches(n: int, batch_size: int, steps: int, generator: torch.Generato
             drawn += 1
 
 
+@dataclass
+class TaskRun:
+    """The state of the task being trained."""
+
+    task_idx: int
+    steps: int
+    data: TrainData
+    optimizer: torch.optim.Optimizer
+    indices: list[Tensor]
+    sampler_state: Tensor
+    step: int = 0
+    since: int = 0
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    nonfinite: Tensor | None = None
+
+
 class Trainer:
-    """Trains `model` on `tasks` with `method`, calling `on_eval(row)` at every evaluation point."""
+    """Trains `model` on `tasks` with `method`; `on_eval(row)` gets every evaluation point,
+    `on_checkpoint(state)` every checkpoint (`checkpoint_every` steps, task ends, stop signals)."""
 
     def __init__(
         self,
@@ -71,7 +93,7 @@ class Trainer:
         scenario: Scenario,
         device: torch.device,
         on_eval: Callable[[dict], None],
-        on_task_end: Callable[[int, nn.Module, Method], None] = lambda k, model, method: None,
+        on_checkpoint: Callable[[dict], None] = lambda state: None,
     ):
         self.cfg = cfg
         self.tasks = tasks
@@ -80,77 +102,123 @@ class Trainer:
         self.scenario = scenario
         self.device = device
         self.on_eval = on_eval
-        self.on_task_end = on_task_end
+        self.on_checkpoint = on_checkpoint
         self.sampler_generator = torch.Generator().manual_seed(cfg.seed)
         self.method_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.result = SequenceResult()
         self.global_step = 0
-        self._best: tuple[float, dict[str, Tensor]] | None = None
+        self.rows_logged = 0
+        self.next_task = 0
+        self.current: TaskRun | None = None
+        self.last_val: list[float] = []
+        self.best: tuple[float, dict[str, Tensor]] | None = None
+        self.stop_requested = False
 
     def context(self, task_idx: int) -> TrainContext:
         return TrainContext(
             self.model, self.tasks, self.scenario, task_idx, self.device, self.method_generator, self.cfg.batch_size
         )
 
-    def run(self) -> SequenceResult:
-        for task_idx in range(len(self.tasks)):
-            self.train_task(task_idx)
+    def run(self, first_task: Callable[["Trainer"], None] | None = None) -> SequenceResult:
+        """Train every task not yet done; `first_task`, when given, replaces training task 0
+        (the task-A cache) and must leave the trainer as `train_task(0)` would."""
+        while self.next_task < len(self.tasks):
+            task_idx = self.next_task
+            if self.current is None and task_idx == 0 and first_task is not None:
+                first_task(self)
+            else:
+                self.train_task(task_idx)
+            self.finish_task(task_idx)
         self.result.best_test = self._best_model_test()
         return self.result
 
-    def train_task(self, task_idx: int) -> None:
+    def start_task(self, task_idx: int) -> TaskRun:
+        """Grow the head, let the method prepare, draw the task's batches; evaluate at step 0."""
         grow_head(self.model, self.scenario.n_outputs(task_idx))
         ctx = self.context(task_idx)
         self.method.before_task(ctx)
-        data = self.method.train_data(ctx)
+        run = self._task_run(task_idx, self.sampler_generator.get_state())
+        self.current = run
+        self.evaluate(task_idx, 0, {})
+        return run
+
+    def _task_run(self, task_idx: int, sampler_state: Tensor) -> TaskRun:
+        """The task's data, budget, fresh optimiser and batches (drawn from `sampler_state`)."""
+        data = self.method.train_data(self.context(task_idx))
         budget = self.cfg.first_task if task_idx == 0 else self.cfg
         steps = task_steps(budget, len(data.split), self.cfg.batch_size)
         lr = self.cfg.first_task.lr if task_idx == 0 else self.cfg.lr
         optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters(), lr)
-        task_ids = data.task_ids.to(self.device)
-        sums: dict[str, Tensor] = {}
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        since = 0
-        self.evaluate(task_idx, 0, {}, 0)
-        self.model.train()
-        progress = tqdm(total=steps, desc=f"task {task_idx} {self.tasks[task_idx].name}", disable=None, mininterval=1.0)
+        self.sampler_generator.set_state(sampler_state)
         indices = list(index_batches(len(data.split), self.cfg.batch_size, steps, self.sampler_generator))
+        data = TrainData(data.split, data.task_ids.to(self.device))
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        return TaskRun(task_idx, steps, data, optimizer, indices, sampler_state, nonfinite=nonfinite)
+
+    def train_task(self, task_idx: int) -> None:
+        """Train task `task_idx` to the end of its budget (continuing a resumed task)."""
+        run = self.current if self.current is not None else self.start_task(task_idx)
+        ctx = self.context(task_idx)
+        self.model.train()
+        every = self.cfg.checkpoint.every
+        progress = tqdm(
+            total=run.steps, initial=run.step, desc=f"task {task_idx} {self.tasks[task_idx].name}",
+            disable=None, mininterval=1.0,
+        )
+        remaining = run.indices[run.step :]
         started = time.perf_counter()
-        for step, (index, (x, y)) in enumerate(zip(indices, data.split.batches(indices)), start=1):
-            batch = Batch(x, y, task_ids[index.to(self.device)], index.to(self.device))
-            batch = self.method.extend_batch(ctx, batch)
+        for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
+            index = index.to(self.device)
+            batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids[index], index))
             logits = self.model(batch.x)
             terms = {"task": self.scenario.loss(logits, batch.y, batch.task_ids)}
             terms.update(self.method.loss_terms(ctx, batch, logits))
             loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            run.optimizer.step()
             terms["total"] = loss
             for name, value in terms.items():
-                value = value.detach()
-                sums[name] = value if name not in sums else sums[name] + value
-            nonfinite |= ~torch.isfinite(loss.detach())
-            since += 1
+                run.sums[name] = value.detach() if name not in run.sums else run.sums[name] + value.detach()
+            run.nonfinite |= ~torch.isfinite(loss.detach())
+            run.step += 1
+            run.since += 1
             self.global_step += 1
-            if step % self.cfg.eval_every == 0 or step == steps:
-                self.result.train_steps += since
+            at_eval = run.step % self.cfg.eval_every == 0 or run.step == run.steps
+            at_checkpoint = bool(every) and self.global_step % every == 0
+            if at_eval or at_checkpoint or self.stop_requested:
                 self.result.train_seconds += time.perf_counter() - started
-                progress.update(since)
-                if bool(nonfinite):
-                    raise NonFiniteLoss(
-                        f"the loss became NaN or infinite between global steps {self.global_step - since + 1} and "
-                        f"{self.global_step} (task {task_idx}); lower lr, or check the inputs and the method's weights"
-                    )
-                self.evaluate(task_idx, step, {k: float(v) / since for k, v in sums.items()}, since)
-                sums, since = {}, 0
-                self.model.train()
+                progress.update(run.step - progress.n)
+                self._check_finite(run)
+                if at_eval:
+                    self.result.train_steps += run.since
+                    means = {name: float(value) / run.since for name, value in run.sums.items()}
+                    run.sums, run.since = {}, 0
+                    self.evaluate(task_idx, run.step, means)
+                    self.model.train()
+                if (at_checkpoint and run.step < run.steps) or self.stop_requested:
+                    self.on_checkpoint(self.state_dict())
+                if self.stop_requested:
+                    raise StopRequested(f"stopped at global step {self.global_step}; state checkpointed")
                 started = time.perf_counter()
         progress.close()
-        self.method.after_task(ctx)
+
+    def _check_finite(self, run: TaskRun) -> None:
+        if bool(run.nonfinite):
+            first = self.global_step - run.since + 1
+            raise NonFiniteLoss(
+                f"the loss became NaN or infinite between global steps {first} and {self.global_step} "
+                f"(task {run.task_idx}); lower lr, check the inputs, or the method's weights"
+            )
+
+    def finish_task(self, task_idx: int) -> None:
+        """After-task hook, accuracy-matrix rows, and a checkpoint of the finished task."""
+        self.method.after_task(self.context(task_idx))
         self.result.val_matrix.append(self.last_val)
         self.result.test_matrix.append(self._timed_accuracies(self.model, "test"))
-        self.on_task_end(task_idx, self.model, self.method)
+        self.current = None
+        self.next_task = task_idx + 1
+        self.on_checkpoint(self.state_dict())
 
     def _timed_accuracies(self, model: nn.Module, split: str) -> list[float]:
         started = time.perf_counter()
@@ -158,7 +226,7 @@ class Trainer:
         self.result.eval_seconds += time.perf_counter() - started
         return result
 
-    def evaluate(self, task_idx: int, task_step: int, losses: dict[str, float], steps_since: int) -> None:
+    def evaluate(self, task_idx: int, task_step: int, losses: dict[str, float]) -> None:
         """Every task's val accuracy now; keeps a snapshot of the best model of the Score window."""
         self.last_val = self._timed_accuracies(self.model, "val")
         row = {"step": self.global_step, "task": task_idx, "task_step": task_step}
@@ -166,13 +234,64 @@ class Trainer:
         row.update({f"loss/{name}": value for name, value in losses.items()})
         if task_idx == len(self.tasks) - 1:
             mean = sum(self.last_val) / len(self.last_val)
-            if self._best is None or mean > self._best[0]:
-                snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                self._best = (mean, snapshot)
+            if self.best is None or mean > self.best[0]:
+                self.best = (mean, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        self.rows_logged += 1
         self.on_eval(row)
 
     def _best_model_test(self) -> list[float]:
         """Test accuracies of the model at the Score's evaluation point."""
         best_model = copy.deepcopy(self.model)
-        best_model.load_state_dict(self._best[1])
+        best_model.load_state_dict(self.best[1])
         return self._timed_accuracies(best_model, "test")
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue this sequence exactly (tensors and plain values only)."""
+        state = {
+            "next_task": self.next_task,
+            "global_step": self.global_step,
+            "rows_logged": self.rows_logged,
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": torch.get_rng_state(),
+            "sampler_rng": self.sampler_generator.get_state(),
+            "method_rng": self.method_generator.get_state(),
+            "result": asdict(self.result),
+            "last_val": self.last_val,
+            "best": None if self.best is None else {"mean": self.best[0], "model": self.best[1]},
+            "task": None,
+        }
+        if self.current is not None:
+            run = self.current
+            state["task"] = {
+                "task_idx": run.task_idx,
+                "step": run.step,
+                "since": run.since,
+                "sums": run.sums,
+                "nonfinite": run.nonfinite,
+                "sampler_state": run.sampler_state,
+                "optimizer": run.optimizer.state_dict(),
+            }
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`: the model's head is grown to the size the state holds."""
+        self.next_task = state["next_task"]
+        self.global_step = state["global_step"]
+        self.rows_logged = state["rows_logged"]
+        grow_head(self.model, state["model"]["head.weight"].shape[0])
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.result = SequenceResult(**state["result"])
+        self.last_val = state["last_val"]
+        self.best = None if state["best"] is None else (state["best"]["mean"], state["best"]["model"])
+        self.method_generator.set_state(state["method_rng"])
+        task = state["task"]
+        if task is not None:
+            run = self._task_run(task["task_idx"], task["sampler_state"])
+            run.optimizer.load_state_dict(task["optimizer"])
+            run.step, run.since, run.sums = task["step"], task["since"], task["sums"]
+            run.nonfinite = task["nonfinite"].to(self.device)
+            self.current = run
+        self.sampler_generator.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["rng"])

@@ -25,6 +25,8 @@ def _budget(cfg: DictConfig, prefix: str) -> None:
         raise ConfigError(
             f"{prefix}steps={steps}, {prefix}epochs={epochs}: set exactly one of them (the other to null)"
         )
+    if prefix == "first_task." and steps == 0:
+        return  # a first task taken as trained (init_from)
     _positive(cfg, f"{prefix}steps" if steps is not None else f"{prefix}epochs", int if steps is not None else float)
 
 
@@ -37,6 +39,8 @@ def validate_config(cfg: DictConfig) -> None:
         _positive(cfg, key)
     for key in ("batch_size", "eval_batch_size", "eval_every", "checkpoint.keep"):
         _positive(cfg, key, int)
+    if cfg.checkpoint.every is not None:
+        _positive(cfg, "checkpoint.every", int)
     _budget(cfg, "first_task.")
     _budget(cfg, "")
     if cfg.scenario not in SCENARIOS:

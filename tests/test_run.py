@@ -32,8 +32,11 @@ def test_run_folder_holds_metrics_summary_figure_checkpoints(make_config, tmp_pa
     assert metrics.groupby("task").size().tolist() == [4, 4]
     assert metrics["step"].tolist() == [0, 10, 20, 30, 30, 40, 50, 60]
     assert {"loss/task", "loss/total"} <= set(metrics.columns)
-    checkpoint = torch.load(run_dir / "checkpoints" / "task001.pt", weights_only=True)
-    assert checkpoint["task"] == 1 and "head.weight" in checkpoint["model"]
+    checkpoint = torch.load(run_dir / "checkpoints" / "ckpt-000000060-002.pt", weights_only=True)
+    assert checkpoint["next_task"] == 2 and "head.weight" in checkpoint["model"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "ckpt-000000030-001.pt", "ckpt-000000060-002.pt"
+    ]
 
 
 def test_summary_score_is_the_one_its_metrics_imply(make_config, tmp_path):
@@ -80,6 +83,6 @@ def test_class_il_grows_the_head_and_future_tasks_are_not_evaluated(make_config,
     metrics = pd.read_json(run_dir / "metrics.jsonl", lines=True)
     assert metrics.loc[metrics.task == 0, "val/split_sklearn_digits.1"].isna().all()
     assert not metrics.loc[metrics.task == 1, "val/split_sklearn_digits.1"].isna().any()
-    head = torch.load(run_dir / "checkpoints" / "task001.pt", weights_only=True)["model"]["head.weight"]
+    head = torch.load(run_dir / "checkpoints" / "ckpt-000000060-002.pt", weights_only=True)["model"]["head.weight"]
     assert head.shape[0] == 10
     assert math.isnan(summary["val_accuracy_matrix"][0][1])

@@ -47,8 +47,12 @@ class Method:
     """Cross-entropy on the current task's data and nothing else; methods override the hooks.
 
     Loss terms returned by `loss_terms` are already weighted (e.g. λ·L_EWC); the trainer adds them
-    to the task loss and logs each one under its name.
+    to the task loss and logs each one under its name. A method whose first task trains exactly as
+    the baseline's (every method here) shares the cached task-A model; one that does not sets
+    `changes_first_task`.
     """
+
+    changes_first_task = False
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         """The data the current task is trained on: by default its own training split."""

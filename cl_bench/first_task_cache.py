@@ -1,0 +1,69 @@
+"""Task A trained once: the state after the first task's training, shared by every run whose
+first task is determined by the same settings, under `cache_dir`, guarded by a file lock so
+parallel jobs wait for the one that trains it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+
+from cl_bench.checkpoint import load_checkpoint, save_checkpoint
+from cl_bench.metrics_log import MetricsLog
+from cl_bench.trainer import SequenceResult, Trainer
+
+log = logging.getLogger(__name__)
+
+# What determines the first task's training and its metrics rows. Not: the later tasks' lr and
+# budget, the method (its first task trains as the baseline's), the logger, checkpoints.
+KEY_FIELDS = ("dataset", "scenario", "model", "optimizer", "first_task", "seed", "batch_size", "eval_every", "init_from")
+
+
+def first_task_key(cfg: DictConfig, device_type: str) -> str:
+    """A hash of everything that determines the trained task-A state (and the init file's identity)."""
+    fields = {key: OmegaConf.to_container(cfg, resolve=True).get(key) for key in KEY_FIELDS}
+    fields["first_task"] = {k: v for k, v in fields["first_task"].items() if k != "cache"}
+    if cfg.init_from:
+        stat = Path(cfg.init_from).expanduser().stat()
+        fields["init_file"] = [stat.st_size, stat.st_mtime_ns]
+    fields["device"] = device_type
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+class FirstTaskCache:
+    """Replaces training task 0: loads the cached state, or trains it and stores it."""
+
+    def __init__(self, cache_dir: Path, key: str, metrics: MetricsLog):
+        self.path = cache_dir / "first_task" / f"{key}.pt"
+        self.metrics = metrics
+        self.hit = False
+
+    def __call__(self, trainer: Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{self.path}.lock"):
+            if self.path.exists():
+                self._restore(trainer, load_checkpoint(self.path, trainer.device))
+                self.hit = True
+                log.info("task A loaded from %s", self.path)
+                return
+            rows_before = len(self.metrics.rows)
+            trainer.train_task(0)
+            state = trainer.state_dict()
+            del state["method"]
+            state["rows"] = self.metrics.rows[rows_before:]
+            save_checkpoint(state, self.path)
+
+    @staticmethod
+    def _restore(trainer: Trainer, state: dict) -> None:
+        """Continue as if this process had trained task A, without its cost in this run's figures."""
+        state["method"] = trainer.method.state_dict()
+        rows = state.pop("rows")
+        trainer.load_state_dict(state)
+        trainer.result = SequenceResult()
+        for row in rows:
+            trainer.on_eval(row)

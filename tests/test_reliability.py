@@ -1,0 +1,125 @@
+"""Bad input gets a clear message; NaN stops at a boundary; signals checkpoint; resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cl_bench.checkpoint import load_checkpoint
+from cl_bench.run import run_experiment
+from cl_bench.validate import ConfigError, validate_config
+from tests.conftest import FAST
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lr=0", "lr=0: must be > 0"),
+        ("lr=-0.1", "lr=-0.1: must be > 0"),
+        ("first_task.lr=-1", "first_task.lr=-1: must be > 0"),
+        ("eval_every=0", "eval_every=0: must be > 0"),
+        ("batch_size=abc", "batch_size='abc': must be a positive integer"),
+        ("epochs=2", "steps=30, epochs=2: set exactly one of them"),
+        ("scenario=joint", "scenario='joint': choose one of task, domain, class"),
+        ("seed=???", "mandatory value(s) not set: seed"),
+        ("checkpoint.every=-5", "checkpoint.every=-5: must be > 0"),
+    ],
+)
+def test_bad_config_values_are_named(make_config, override, message):
+    cfg = make_config(*FAST, override)
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    assert message in str(error.value)
+
+
+def run(make_config, tmp_path, name, *overrides):
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    return run_experiment(make_config(*FAST, *overrides), run_dir), run_dir
+
+
+COMPARED = ("score", "score_k", "score_step", "score_test", "accuracy_matrix", "val_accuracy_matrix", "bwt")
+
+
+@pytest.mark.parametrize("method", ["baseline"])
+@pytest.mark.parametrize("stop_row", [2, 5])  # inside task A, inside task B
+def test_stopped_by_a_signal_and_resumed_equals_uninterrupted(make_config, tmp_path, method, stop_row):
+    common = [f"method={method}", "first_task.cache=false", "model.dropout=0.1"]
+    whole, whole_dir = run(make_config, tmp_path, "whole", *common)
+    stopped, stopped_dir = run(
+        make_config, tmp_path, "stopped", *common,
+        "logger._target_=tests.helpers.SignalAtRow", f"+logger.row={stop_row}",
+    )
+    assert stopped["status"] == "interrupted" and "resume=" in stopped["error"]
+    assert list((stopped_dir / "checkpoints").glob("ckpt-*.pt"))
+    # the run's config as Hydra saves it (the signal came from outside: no test logger in it)
+    (stopped_dir / ".hydra").mkdir()
+    OmegaConf.save(make_config(*FAST, *common), stopped_dir / ".hydra" / "config.yaml")
+    resumed = run_experiment(make_config(*FAST, *common, f"resume={stopped_dir}"), tmp_path)
+    assert resumed["status"] == "ok", resumed.get("error")
+    assert "resumed_from" in resumed
+    for key in COMPARED:
+        assert resumed[key] == whole[key], key
+    assert (stopped_dir / "metrics.jsonl").read_text() == (whole_dir / "metrics.jsonl").read_text()
+
+
+def test_nan_loss_stops_at_the_next_boundary_keeping_metrics(make_config, tmp_path):
+    summary, run_dir = run(
+        make_config, tmp_path, "nan", "method._target_=tests.helpers.NaNAtStep", "+method.step=15"
+    )
+    assert summary["status"] == "failed"
+    assert "NonFiniteLoss" in summary["error"] and "between global steps 11 and 20" in summary["error"]
+    metrics = pd.read_json(run_dir / "metrics.jsonl", lines=True)
+    assert metrics["step"].tolist() == [0, 10]  # the rows before the NaN are kept
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_crafted_to_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Exploit()}, path)
+    with pytest.raises(ValueError, match="not a safe cl_bench checkpoint"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+    with path.open("wb") as file:
+        pickle.dump({"model": Exploit()}, file)
+    with pytest.raises(ValueError, match="not a safe"):
+        load_checkpoint(path)
+
+
+def test_first_task_is_trained_once_and_reused_identically(make_config, tmp_path):
+    first, first_dir = run(make_config, tmp_path, "first")
+    second, second_dir = run(make_config, tmp_path, "second", "lr=0.0001")
+    uncached, uncached_dir = run(make_config, tmp_path, "uncached", "lr=0.0001", "first_task.cache=false")
+    assert (first["first_task_cached"], second["first_task_cached"]) == (False, True)
+    task_a = lambda d: pd.read_json(d / "metrics.jsonl", lines=True).query("task == 0")  # noqa: E731
+    pd.testing.assert_frame_equal(task_a(first_dir), task_a(second_dir))
+    # and the rest of the run is exactly what training task A in-process gives
+    assert (second_dir / "metrics.jsonl").read_text() == (uncached_dir / "metrics.jsonl").read_text()
+    assert second["train_steps"] == 30  # task B only: A's cost is not counted here
+
+
+def test_parallel_jobs_train_the_first_task_once(tmp_path):
+    common = [f"output_root={tmp_path / 'out'}", *FAST, "first_task.steps=200"]
+    jobs = [
+        subprocess.Popen([sys.executable, "-m", "cl_bench.app", *common, f"lr={lr}"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+        for lr in (0.001, 0.0001)
+    ]
+    for job in jobs:
+        assert job.wait(timeout=300) == 0, job.stderr.read()
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*/*/summary.json")]
+    assert sorted(s["first_task_cached"] for s in summaries) == [False, True]
+    assert len(list((tmp_path / "out" / "cache" / "first_task").glob("*.pt"))) == 1
