@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import time
 from dataclasses import asdict, dataclass, field
+from functools import reduce
 from typing import Callable, Iterator
 
 import torch
@@ -64,6 +66,30 @@ def index_batches(n: int, batch_size: int, steps: int, generator: torch.Generato
             drawn += 1
 
 
+class EvaluationCache:
+    """Accuracies of the model state evaluated last, by split. Evaluating an unchanged state again
+    (a task's step 0 right after the previous task's end when the head does not grow; the test
+    split of the Score's model when that model is a task's end) reads them back: evaluation is
+    deterministic, so the values are those a new evaluation would give."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Tensor] | None = None
+        self.results: dict[str, list[float]] = {}
+
+    def accuracies(self, state: dict[str, Tensor], split: str, compute: Callable[[], list[float]]) -> list[float]:
+        """`split`'s accuracies under `state`, computed only if this state's are not held yet."""
+        if self.state is None or not same_state(self.state, state):
+            self.state, self.results = {k: v.detach().clone() for k, v in state.items()}, {}
+        if split not in self.results:
+            self.results[split] = compute()
+        return list(self.results[split])
+
+
+def same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    """Whether two state dicts hold the same keys, shapes and values (NaN equals nothing)."""
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
 @dataclass
 class TaskRun:
     """The state of the task being trained."""
@@ -112,6 +138,8 @@ class Trainer:
         self.current: TaskRun | None = None
         self.last_val: list[float] = []
         self.best: tuple[float, dict[str, Tensor]] | None = None
+        self.evaluations = EvaluationCache()
+        self.best_results: dict[str, list[float]] = {}  # the cache's results of the best state, filled as it goes
         self.stop_requested = False
 
     def context(self, task_idx: int) -> TrainContext:
@@ -160,7 +188,7 @@ class Trainer:
         run = self.current if self.current is not None else self.start_task(task_idx)
         ctx = self.context(task_idx)
         self.model.train()
-        every = self.cfg.checkpoint.every
+        every, eval_every = self.cfg.checkpoint.every, self.cfg.eval_every  # read once: config access is slow
         progress = tqdm(
             total=run.steps, initial=run.step, desc=f"task {task_idx} {self.tasks[task_idx].name}",
             disable=None, mininterval=1.0,
@@ -169,11 +197,11 @@ class Trainer:
         started = time.perf_counter()
         for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
             index = index.to(self.device)
-            batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids[index], index))
+            batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index))
             logits = self.model(batch.x)
             terms = {"task": self.scenario.loss(logits, batch.y, batch.task_ids)}
             terms.update(self.method.loss_terms(ctx, batch, logits))
-            loss = sum(terms.values())
+            loss = reduce(operator.add, terms.values())
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
@@ -184,7 +212,7 @@ class Trainer:
             run.step += 1
             run.since += 1
             self.global_step += 1
-            at_eval = run.step % self.cfg.eval_every == 0 or run.step == run.steps
+            at_eval = run.step % eval_every == 0 or run.step == run.steps
             at_checkpoint = bool(every) and self.global_step % every == 0
             if at_eval or at_checkpoint or self.stop_requested:
                 self.result.train_seconds += time.perf_counter() - started
@@ -221,8 +249,13 @@ class Trainer:
         self.on_checkpoint(self.state_dict())
 
     def _timed_accuracies(self, model: nn.Module, split: str) -> list[float]:
+        """Every task's accuracy on `split` (read back if this model state's are held), timed."""
         started = time.perf_counter()
-        result = accuracies(model, self.tasks, split, self.scenario, self.cfg.eval_batch_size)
+        result = self.evaluations.accuracies(
+            model.state_dict(),
+            split,
+            lambda: accuracies(model, self.tasks, split, self.scenario, self.cfg.eval_batch_size),
+        )
         self.result.eval_seconds += time.perf_counter() - started
         return result
 
@@ -235,12 +268,16 @@ class Trainer:
         if task_idx == len(self.tasks) - 1:
             mean = sum(self.last_val) / len(self.last_val)
             if self.best is None or mean > self.best[0]:
-                self.best = (mean, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+                self.best = (mean, self.evaluations.state)  # the cache's snapshot of this very state
+                self.best_results = self.evaluations.results
         self.rows_logged += 1
         self.on_eval(row)
 
     def _best_model_test(self) -> list[float]:
-        """Test accuracies of the model at the Score's evaluation point."""
+        """Test accuracies of the model at the Score's evaluation point (those of a task's end when
+        the model did not change from that point to the task's end)."""
+        if "test" in self.best_results:
+            return list(self.best_results["test"])
         best_model = copy.deepcopy(self.model)
         best_model.load_state_dict(self.best[1])
         return self._timed_accuracies(best_model, "test")
@@ -285,6 +322,7 @@ class Trainer:
         self.result = SequenceResult(**state["result"])
         self.last_val = state["last_val"]
         self.best = None if state["best"] is None else (state["best"]["mean"], state["best"]["model"])
+        self.best_results = {}
         self.method_generator.set_state(state["method_rng"])
         task = state["task"]
         if task is not None:

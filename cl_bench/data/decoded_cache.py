@@ -74,7 +74,8 @@ def _build(data: Path, meta: Path, paths: list[str], shape: tuple[int, int, int]
 
 
 def decoded_images(
-    cache_dir: str, key: str, paths: list[str], shape: tuple[int, int, int], decode: Callable[[str], Tensor], workers: int
+    cache_dir: str, key: str, paths: list[str], shape: tuple[int, int, int], decode: Callable[[str], Tensor],
+    workers: int,
 ) -> DecodedImages:
     """The cache `key` under `cache_dir`, built from `paths` with `decode` (-> uint8 [C, H, W]) unless present."""
     folder = Path(cache_dir).expanduser()

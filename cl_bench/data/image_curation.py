@@ -3,14 +3,19 @@ class size, a header check of every file, and a seeded stratified train/val/test
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from PIL import Image
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 LAYOUT = "root/<class folder>/<image>, e.g. root/honda_civic_2004/0001.jpg"
@@ -34,8 +39,8 @@ def list_folders(root: Path) -> dict[str, list[str]]:
 
 
 def group_folders(folders: list[str], class_pattern: str, class_group: str) -> tuple[dict[str, list[str]], list[str]]:
-    """Folders of each class, the class named by `class_group` formatted with the named groups of a
-    full match of `class_pattern` (and `folder`, the whole name); unmatched folders listed apart."""
+    """Folders of each class, the class named by `class_group` formatted with the groups of a full
+    match of `class_pattern` ({0}, {name}; {folder}: the whole name); unmatched folders listed apart."""
     regex = re.compile(class_pattern)
     classes: dict[str, list[str]] = {}
     unmatched = []
@@ -44,7 +49,12 @@ def group_folders(folders: list[str], class_pattern: str, class_group: str) -> t
         if match is None:
             unmatched.append(folder)
             continue
-        classes.setdefault(class_group.format(folder=folder, **match.groupdict()), []).append(folder)
+        try:
+            name = class_group.format(*match.groups(), folder=folder, **match.groupdict())
+        except (IndexError, KeyError) as error:
+            raise ValueError(f"class_group {class_group!r} names a group {error} that class_pattern "
+                             f"{class_pattern!r} lacks") from error
+        classes.setdefault(name, []).append(folder)
     return classes, unmatched
 
 
@@ -52,9 +62,8 @@ def curate(counts: dict[str, int], top_k: int | None, min_images: int) -> tuple[
     """Kept classes (sorted by name): those with at least `min_images` images, then the `top_k`
     largest of them (ties by name); and the dropped classes with their counts."""
     ranked = sorted(counts, key=lambda c: (-counts[c], c))
-    kept = [c for c in ranked if counts[c] >= min_images][:top_k]
-    dropped = {c: counts[c] for c in ranked if c not in set(kept)}
-    return sorted(kept), dropped
+    kept = set([c for c in ranked if counts[c] >= min_images][:top_k])
+    return sorted(kept), {c: counts[c] for c in ranked if c not in kept}
 
 
 def header_error(path: str) -> str | None:
@@ -97,3 +106,46 @@ def stratified_split(labels: Tensor, class_names: list[str], val: float, test: f
         parts["val"].append(members[n_test : n_test + n_val])
         parts["train"].append(members[n_test + n_val :])
     return {key: torch.cat(chunks).sort().values for key, chunks in parts.items()}
+
+
+def judge(errors: Mapping[str, str], on_corrupt: str) -> None:
+    """Log unreadable files, or raise when `on_corrupt` is "error"."""
+    if not errors:
+        return
+    listing = "; ".join(f"{path}: {error}" for path, error in list(errors.items())[:5])
+    if on_corrupt == "error":
+        raise OSError(f"{len(errors)} unreadable image(s) (on_corrupt=error): {listing}")
+    log.warning("skipped %d unreadable image(s), e.g. %s", len(errors), listing)
+
+
+@dataclass
+class Curated:
+    """The kept classes' readable images (sorted by class, then path) with labels, and what was left out."""
+
+    classes: list[str]
+    paths: list[str]
+    labels: Tensor
+    dropped: dict[str, int]
+    unmatched: list[str]
+    unreadable: dict[str, str]
+
+
+def curated_images(
+    root: Path, class_pattern: str, class_group: str, top_k: int | None, min_images: int, on_corrupt: str
+) -> Curated:
+    """List, group and header-check the images under `root`, then keep the classes `curate` keeps."""
+    folders = list_folders(root)
+    groups, unmatched = group_folders(list(folders), class_pattern, class_group)
+    if unmatched:
+        log.warning("%s: %d folder(s) match no class pattern, ignored: %s", root, len(unmatched), unmatched[:10])
+    listed = {c: sorted(p for f in fs for p in folders[f]) for c, fs in groups.items()}
+    unreadable = header_errors([p for paths in listed.values() for p in paths])
+    judge(unreadable, on_corrupt)
+    readable = {c: [p for p in paths if p not in unreadable] for c, paths in listed.items()}
+    classes, dropped = curate({c: len(paths) for c, paths in readable.items()}, top_k, min_images)
+    if not classes:
+        raise ValueError(f"no class of {root} has >= {min_images} readable images")
+    if dropped:
+        log.info("%s: kept %d classes, dropped %d: %s", root, len(classes), len(dropped), dropped)
+    labels = torch.tensor([k for k, c in enumerate(classes) for _ in readable[c]], dtype=torch.long)
+    return Curated(classes, [p for c in classes for p in readable[c]], labels, dropped, unmatched, unreadable)

@@ -3,7 +3,6 @@ the files in DataLoader workers or sliced from a decoded cache; see conf/dataset
 
 from __future__ import annotations
 
-import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,11 +18,9 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from cl_bench.data.decoded_cache import decoded_images, fingerprint
-from cl_bench.data.image_curation import curate, group_folders, header_errors, list_folders, stratified_split
+from cl_bench.data.decoded_cache import DecodedImages, decoded_images, fingerprint
+from cl_bench.data.image_curation import Curated, curated_images, judge, stratified_split
 from cl_bench.data.task import Task
-
-log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,7 +60,8 @@ class ImageSpec:
     def transform(self, augment: bool) -> Callable[[Image.Image], Image.Image]:
         """Train: random resized crop + flip; eval: shorter side to `resize`, centre crop."""
         if augment:
-            return v2.Compose([v2.RandomResizedCrop(self.image_size, self.crop_scale, CROP_RATIO), v2.RandomHorizontalFlip()])
+            crop = v2.RandomResizedCrop(self.image_size, self.crop_scale, CROP_RATIO)
+            return v2.Compose([crop, v2.RandomHorizontalFlip()])
         return v2.Compose([v2.Resize(self.resize), v2.CenterCrop(self.image_size)])
 
     def reader(self, augment: bool) -> Callable[[str], Tensor]:
@@ -130,7 +128,7 @@ class ImageSplit:
         self.device = device or torch.device("cpu")
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
-        self._loaders: dict[bool, DataLoader] = {}
+        self._loaders: dict[str, DataLoader] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -144,7 +142,7 @@ class ImageSplit:
 
     def _finish(self, x: Tensor, y: Tensor, augment: bool) -> tuple[Tensor, Tensor]:
         """uint8 batch on the device, normalised; augmented when asked (cached images)."""
-        x = (x.to(self.device, non_blocking=True).float() - self.mean) / self.std
+        x = x.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
         if augment:
             x = augment_batch(x, self.spec.crop_scale)
         return x, y.to(self.device, non_blocking=True)
@@ -158,46 +156,49 @@ class ImageSplit:
             images = list(pool.map(read, [self.paths[i] for i in index.tolist()]))
         return self._finish(torch.stack(images), self.labels[index], False)
 
-    def _loader(self, augment: bool) -> DataLoader:
-        """This split's persistent DataLoader (one per augmentation setting)."""
-        if augment not in self._loaders:
+    def _loader(self, purpose: str, augment: bool) -> DataLoader:
+        """This split's persistent DataLoader for training or evaluation passes."""
+        if purpose not in self._loaders:
             workers = self.spec.workers
-            self._loaders[augment] = DataLoader(
+            self._loaders[purpose] = DataLoader(
                 _Files(self.paths, self.labels, self.spec.reader(augment)),
                 batch_sampler=_SettableBatches(),
                 num_workers=workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=workers > 0,
             )
-        return self._loaders[augment]
+        return self._loaders[purpose]
 
-    def _load(self, index_batches: Iterable[Tensor], augment: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    def _load(self, index_batches: Iterable[Tensor], purpose: str, augment: bool) -> Iterator[tuple[Tensor, Tensor]]:
         if self.cache is not None:
             for index in index_batches:
                 index = index.cpu()
                 yield self._finish(self.cache[self.rows[index]], self.labels[index], augment)
             return
-        loader = self._loader(augment)
+        loader = self._loader(purpose, augment)
         loader.batch_sampler.batches = index_batches
         for x, y in loader:
             yield self._finish(x, y, False)
 
     def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
-        return self._load(index_batches, self.augment)
+        return self._load(index_batches, "train", self.augment)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         starts = range(0, len(self), batch_size)
-        return self._load((torch.arange(s, min(s + batch_size, len(self))) for s in starts), False)
+        return self._load((torch.arange(s, min(s + batch_size, len(self))) for s in starts), "eval", False)
 
 
-def _judge(errors: Mapping[str, str], on_corrupt: str) -> None:
-    """Log unreadable files, or raise when `on_corrupt` is "error"."""
-    if not errors:
-        return
-    listing = "; ".join(f"{path}: {error}" for path, error in list(errors.items())[:5])
-    if on_corrupt == "error":
-        raise OSError(f"{len(errors)} unreadable image(s) (on_corrupt=error): {listing}")
-    log.warning("skipped %d unreadable image(s), e.g. %s", len(errors), listing)
+def _with_cache(curated: Curated, parts: dict[str, Tensor], spec: ImageSpec, cache_dir: str, on_corrupt: str,
+                root: Path) -> tuple[DecodedImages, dict[str, Tensor]]:
+    """The decoded cache of the curated images, and `parts` without the images that failed to decode."""
+    key = fingerprint(curated.paths, root, spec.image_size, spec.resize)
+    shape = (3, spec.image_size, spec.image_size)
+    cached = decoded_images(cache_dir, key, curated.paths, shape, spec.reader(False), spec.workers)
+    failed = {curated.paths[i]: error for i, error in cached.failed.items()}
+    judge(failed, on_corrupt)
+    curated.unreadable.update(failed)
+    failed_rows = torch.tensor(sorted(cached.failed), dtype=torch.long)
+    return cached, {k: rows[~torch.isin(rows, failed_rows)] for k, rows in parts.items()}
 
 
 def image_folder_tasks(
@@ -227,42 +228,24 @@ def image_folder_tasks(
         raise ValueError(f"dataset.{name}.decoded_cache=true needs a cache_dir")
     fractions = {"val": 0.1, "test": 0.1, **(split or {})}
     root_path = Path(root).expanduser()
-    folders = list_folders(root_path)
-    groups, unmatched = group_folders(list(folders), class_pattern, class_group)
-    if unmatched:
-        log.warning("%s: %d folder(s) match no class pattern, ignored: %s", name, len(unmatched), unmatched[:10])
-    listed = {c: sorted(p for f in fs for p in folders[f]) for c, fs in groups.items()}
-    bad = header_errors([p for paths in listed.values() for p in paths])
-    _judge(bad, on_corrupt)
-    counts = {c: sum(p not in bad for p in paths) for c, paths in listed.items()}
-    classes, dropped = curate(counts, top_k, min_images)
-    if not classes:
-        raise ValueError(f"dataset.{name}: no class of {root_path} has >= {min_images} readable images")
-    if dropped:
-        log.info("%s: kept %d classes, dropped %d: %s", name, len(classes), len(dropped), dropped)
-    paths = [p for c in classes for p in listed[c] if p not in bad]
-    labels = torch.tensor([k for k, c in enumerate(classes) for _ in range(counts[c])], dtype=torch.long)
-    parts = stratified_split(labels, classes, fractions["val"], fractions["test"], split_seed)
+    curated = curated_images(root_path, class_pattern, class_group, top_k, min_images, on_corrupt)
+    parts = stratified_split(curated.labels, curated.classes, fractions["val"], fractions["test"], split_seed)
     spec = ImageSpec(image_size, resize or image_size, tuple(crop_scale), workers)
-    info = {"root": str(root_path), "classes": classes, "class_counts": {c: counts[c] for c in classes},
-            "dropped_classes": dropped, "unmatched_folders": unmatched}
+    info: dict = {}
     cache = None
     if decoded_cache:
-        key = fingerprint(paths, root_path, spec.image_size, spec.resize)
-        cached = decoded_images(cache_dir, key, paths, (3, image_size, image_size), spec.reader(False), workers)
-        failed = {paths[i]: error for i, error in cached.failed.items()}
-        _judge(failed, on_corrupt)
-        bad = {**bad, **failed}
-        failed_rows = torch.tensor(sorted(cached.failed), dtype=torch.long)
-        parts = {k: rows[~torch.isin(rows, failed_rows)] for k, rows in parts.items()}
-        cache = cached.images
-        info["decoded_cache"] = {"path": str(cached.path), "built": cached.built}
-    info.update(skipped=len(bad), skipped_files=sorted(bad), split_sizes={k: len(v) for k, v in parts.items()})
+        cached, parts = _with_cache(curated, parts, spec, cache_dir, on_corrupt, root_path)
+        cache, info["decoded_cache"] = cached.images, {"path": str(cached.path), "built": cached.built}
+    kept = torch.bincount(curated.labels[torch.cat(list(parts.values()))], minlength=len(curated.classes))
+    info.update(root=str(root_path), classes=curated.classes, class_counts=dict(zip(curated.classes, kept.tolist())),
+                dropped_classes=curated.dropped, unmatched_folders=curated.unmatched,
+                split_sizes={k: len(v) for k, v in parts.items()},
+                skipped=len(curated.unreadable), skipped_files=sorted(curated.unreadable))
 
     def make(part: str) -> ImageSplit:
         rows = parts[part]
-        return ImageSplit([paths[i] for i in rows.tolist()], labels[rows], spec, augment and part == "train",
-                          cache, rows if cache is not None else None)
+        return ImageSplit([curated.paths[i] for i in rows.tolist()], curated.labels[rows], spec,
+                          augment and part == "train", cache, rows if cache is not None else None)
 
     shape = (3, image_size, image_size)
-    return [Task(name, make("train"), make("val"), make("test"), classes, shape, info)]
+    return [Task(name, make("train"), make("val"), make("test"), curated.classes, shape, info)]

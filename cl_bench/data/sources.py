@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +37,23 @@ def _missing_mnist_files(raw: Path) -> list[str]:
     return [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
 
 
-def mnist(root: str, download: bool = False) -> LabelledImages:
-    """MNIST read by torchvision from `root/MNIST/raw` (fetched first if `download` and possible)."""
-    from torchvision.datasets import MNIST
+def read_idx(path: Path) -> Tensor:
+    """An IDX file of unsigned bytes (MNIST's format), plain or gzip-compressed, as a uint8 tensor."""
+    data = path.read_bytes() if path.exists() else gzip.decompress(Path(f"{path}.gz").read_bytes())
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (bad header {data[:4]!r})")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=4 + 4 * ndim).view(*shape)
 
+
+def mnist(root: str, download: bool = False) -> LabelledImages:
+    """MNIST from torchvision's layout, `root/MNIST/raw` (fetched by torchvision first if `download`
+    and possible); the IDX files are read directly, without importing torchvision."""
     raw = Path(root).expanduser() / "MNIST" / "raw"
     if _missing_mnist_files(raw) and download:
+        from torchvision.datasets import MNIST
+
         try:
             MNIST(str(Path(root).expanduser()), train=True, download=True)
             MNIST(str(Path(root).expanduser()), train=False, download=True)
@@ -53,9 +66,13 @@ def mnist(root: str, download: bool = False) -> LabelledImages:
             f"there (torchvision's layout: <data_dir>/MNIST/raw/), set data_dir=<folder holding MNIST/>, "
             f"or pass dataset.<name>.source.download=true on a machine with internet."
         )
-    parts = [MNIST(str(Path(root).expanduser()), train=train, download=False) for train in (True, False)]
-    (train_x, train_y), (test_x, test_y) = [(p.data.unsqueeze(1).float() / 255.0, p.targets.long()) for p in parts]
-    return LabelledImages("mnist", train_x, train_y, test_x, test_y)
+    train_x, train_y, test_x, test_y = (read_idx(raw / name) for name in MNIST_FILES)
+    return LabelledImages("mnist", _unit_floats(train_x), train_y.long(), _unit_floats(test_x), test_y.long())
+
+
+def _unit_floats(images: Tensor) -> Tensor:
+    """uint8 images [N, H, W] as floats [N, 1, H, W] in [0, 1] (divided in place: one float copy)."""
+    return images.unsqueeze(1).float().div_(255.0)
 
 
 def sklearn_digits(test_fraction: float = 0.2, split_seed: int = 0) -> LabelledImages:

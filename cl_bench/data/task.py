@@ -63,13 +63,14 @@ class TensorSplit:
         return TensorSplit(self.x.to(device), self.y.to(device), perm)
 
     def _permute(self, x: Tensor) -> Tensor:
+        """The batch's pixels permuted; index_select, several times faster on CPU than `[:, perm]`."""
         if self.pixel_permutation is None:
             return x
-        return x.flatten(1)[:, self.pixel_permutation].view_as(x)
+        return x.flatten(1).index_select(1, self.pixel_permutation).view_as(x)
 
     def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
         index = index.to(self.y.device)
-        return self._permute(self.x[index]), self.y[index]
+        return self._permute(self.x.index_select(0, index)), self.y.index_select(0, index)
 
     def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         for index in index_batches:

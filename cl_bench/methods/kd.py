@@ -7,6 +7,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from cl_bench.data.task import Split
 from cl_bench.methods.base import Batch, Method, TrainContext
@@ -37,10 +38,11 @@ def old_model_state(model: nn.Module, n_old_units: int) -> dict[str, Tensor]:
 
 
 def build_teacher(model: nn.Module, state: dict[str, Tensor], device: torch.device) -> nn.Module:
-    """A frozen, eval-mode copy of `model`'s architecture holding `state`, whose head may be smaller."""
+    """A frozen, eval-mode copy of `model`'s architecture holding `state`, whose head may be smaller;
+    the global random stream is left untouched (the head is made without initialisation)."""
     teacher = copy.deepcopy(model)
     rows, dtype = state["head.weight"].shape[0], state["head.weight"].dtype
-    teacher.head = nn.Linear(model.head.in_features, rows, bias="head.bias" in state, dtype=dtype)
+    teacher.head = skip_init(nn.Linear, model.head.in_features, rows, bias="head.bias" in state, dtype=dtype)
     teacher.load_state_dict(state)
     for parameter in teacher.parameters():
         parameter.grad = None

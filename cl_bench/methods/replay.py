@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cl_bench.data.task import Split
+from cl_bench.data.task import Split, Task
 from cl_bench.methods.base import Batch, Method, TrainContext
 
 SELECTIONS = ("random", "herding")
@@ -69,15 +69,23 @@ class Replay(Method):
         self.replay_batch_size = replay_batch_size
         self.memory: dict[str, Tensor] = {}
 
+    def share(self, tasks: list[Task]) -> int:
+        """Exemplars per class once `tasks` are done; an error if memory cannot hold one of each class."""
+        n_classes = sum(task.n_classes for task in tasks)
+        if self.memory_size < n_classes:
+            raise ValueError(
+                f"method.memory_size={self.memory_size} is smaller than the {n_classes} classes of the tasks: "
+                f"each class needs at least one exemplar"
+            )
+        return self.memory_size // n_classes
+
+    def before_task(self, ctx: TrainContext) -> None:
+        """Refuse, before any training, a memory too small for every class of the sequence."""
+        self.share(ctx.tasks)
+
     def after_task(self, ctx: TrainContext) -> None:
         """Shrink the old classes' exemplars to the new per-class share and add the task's."""
-        n_classes = sum(task.n_classes for task in ctx.tasks[: ctx.task_idx + 1])
-        per_class = self.memory_size // n_classes
-        if per_class == 0:
-            raise ValueError(
-                f"method.memory_size={self.memory_size} is smaller than the {n_classes} classes seen by task "
-                f"{ctx.task_idx}: each class needs at least one exemplar"
-            )
+        per_class = self.share(ctx.tasks[: ctx.task_idx + 1])
         new = self._exemplars(ctx, per_class)
         if self.memory:
             kept = self.memory["rank"] < per_class

@@ -1,0 +1,38 @@
+"""The multirun's Score table as a W&B Table, in a W&B run of its own (job_type report)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import wandb
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cl_bench.loggers.wandb import WandbLogger, sweep_group
+
+log = logging.getLogger(__name__)
+
+REPORT_CSV = "report.csv"
+COMPARISON_FIGURE = "comparison.png"
+
+
+def publish_report(config: DictConfig, sweep_dir: Path) -> None:
+    """When the sweep logs to W&B, log its report (table and comparison figure); never raises."""
+    logger = instantiate(config.logger)
+    if not isinstance(logger, WandbLogger) or not (sweep_dir / REPORT_CSV).exists():
+        return
+    group = sweep_group(sweep_dir)
+    try:
+        table = pd.read_csv(sweep_dir / REPORT_CSV)
+        run = logger.open_run(sweep_dir, "report", f"report {group}", group, {"sweep_dir": str(sweep_dir)})
+        try:
+            media = {"score_table": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))}
+            if (sweep_dir / COMPARISON_FIGURE).exists():
+                media["comparison"] = wandb.Image(str(sweep_dir / COMPARISON_FIGURE))
+            run.log(media)
+        finally:
+            run.finish()
+    except Exception as error:  # noqa: BLE001 (the report files are written already: W&B holds a copy)
+        log.warning("W&B report not logged: %s: %s", type(error).__name__, error)

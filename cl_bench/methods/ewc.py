@@ -1,0 +1,206 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017), written as seed 000 writes it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.fisher import LABELS, diagonal_fisher
+
+SCOPES = ("all", "last")
+MODES = ("separate", "online")
+
+
+@dataclass
+class Quadratic:
+    """Σ_i fisher_i·(θ_i − center_i − center_low_i)² + constant over named parameters, each parameter
+    sliced to its stored shape. `center_low` (empty for one task's term) holds what the parameter
+    dtype's rounding of a merged center dropped, so θ − center keeps full precision near the center."""
+
+    fisher: dict[str, Tensor]
+    center: dict[str, Tensor]
+    center_low: dict[str, Tensor] = field(default_factory=dict)
+    constant: float = 0.0
+
+    def value(self, params: dict[str, Tensor]) -> Tensor:
+        total = 0.0
+        for name, f in self.fisher.items():
+            diff = _stored_part(params, name, f) - self.center[name]
+            if name in self.center_low:
+                diff = diff - self.center_low[name]
+            total = total + (f * diff.square()).sum()
+        return total + self.constant
+
+    def scaled(self, factor: float) -> Quadratic:
+        fisher = {name: f * factor for name, f in self.fisher.items()}
+        return Quadratic(fisher, self.center, self.center_low, self.constant * factor)
+
+    def merged(self, other: Quadratic) -> Quadratic:
+        """One quadratic equal to self + other, in float64: a(θ−μ)² + b(θ−ν)² = (a+b)(θ−m)² + ab/(a+b)·(μ−ν)²
+        with m = (aμ+bν)/(a+b). No ΣFθ² − 2θΣFθ* + ΣFθ*² expansion: it cancels in float32 near θ*."""
+        fisher, center, low = dict(self.fisher), dict(self.center), dict(self.center_low)
+        constant = self.constant + other.constant
+        for name, b in other.fisher.items():
+            a = _padded(self.fisher.get(name), b)
+            mu = _padded(self.center.get(name), b) + _padded(self.center_low.get(name), b)
+            nu = other.center[name].double()
+            total = a + b.double()
+            safe = total.clamp(min=torch.finfo(torch.float64).tiny)
+            m = torch.where(total > 0, (a * mu + b * nu) / safe, nu)
+            dtype = other.center[name].dtype
+            fisher[name], center[name] = total.to(b.dtype), m.to(dtype)
+            low[name] = (m - center[name].double()).to(dtype)
+            constant += float((a * b / safe * (mu - nu).square()).sum())
+        return Quadratic(fisher, center, low, constant)
+
+    def state(self) -> dict:
+        return {"fisher": self.fisher, "center": self.center, "center_low": self.center_low, "constant": self.constant}
+
+
+def _stored_part(params: dict[str, Tensor], name: str, stored: Tensor) -> Tensor:
+    """The leading block of parameter `name` with the stored shape (a grown head keeps its old rows first)."""
+    if name not in params:
+        raise KeyError(f"the penalty holds parameter {name!r}, which the model no longer has")
+    p = params[name]
+    if p.dim() != stored.dim() or any(now < then for now, then in zip(p.shape, stored.shape)):
+        raise ValueError(
+            f"parameter {name!r} has shape {tuple(p.shape)}, smaller than its stored {tuple(stored.shape)}"
+        )
+    return p[tuple(slice(0, n) for n in stored.shape)]
+
+
+def _padded(t: Tensor | None, like: Tensor) -> Tensor:
+    """`t` in float64, zero-padded to the shape of `like` (rows a head gained since carry no penalty)."""
+    out = torch.zeros(like.shape, dtype=torch.float64, device=like.device)
+    if t is not None:
+        out[tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
+class EWC(Method):
+    """L_task + λ·Σ_j Σ_i F_j,i (θ_i − θ*_j,i)², seed 000's L_B + λ·L_EWC (no 1/2).
+
+    Kirkpatrick et al. write Σ_j (λ_K/2)·F_j(θ − θ*_j)²: that is this loss with λ = λ_K/2.
+    F_j: diagonal Fisher (`fisher.diagonal_fisher`) of task j on `fisher_samples` of its training
+    examples (all of them if the split is smaller; the count used is kept in `fisher_counts`),
+    drawn without replacement with the method generator, with `fisher_label` choosing y.
+    θ*_j: the parameters when task j ended. Head rows added after task j carry no term of task j.
+
+    scope: ``all`` penalises every earlier task, ``last`` only the most recent (seed 004's two runs).
+    gamma: at each new task the earlier tasks' Fishers are multiplied by γ (1: plain sum), so task j's
+    term weighs γ^(tasks since j); the decay of Schwarz et al.'s online EWC, but every θ*_j is kept
+    (their version re-anchors all of it at the latest θ*).
+    mode: ``separate`` keeps one (F_j, θ*_j) per task, a step costs O(parameters × tasks);
+    ``online`` keeps seed 004's running sums as one quadratic ΣF·(θ − μ)² + C with μ = ΣFθ*/ΣF and
+    C = Σ_j F_j(θ*_j − μ)², merged in float64 once per task (μ kept as a rounded value plus its
+    rounding error): the same value and gradient as the sum of separate terms, at O(parameters) per
+    step. Online needs scope ``all``.
+    """
+
+    loss_name = "ewc"
+
+    def __init__(
+        self,
+        lambda_: float = 1000.0,
+        fisher_samples: int = 200,
+        fisher_label: str = "true",
+        scope: str = "all",
+        mode: str = "separate",
+        gamma: float = 1.0,
+        fisher_batch_size: int = 128,
+    ):
+        self.lambda_ = _number("lambda", lambda_, "≥ 0", lambda v: v >= 0)
+        self.gamma = _number("gamma", gamma, "in [0, 1]", lambda v: 0 <= v <= 1)
+        self.fisher_samples = _count("fisher_samples", fisher_samples)
+        self.fisher_batch_size = _count("fisher_batch_size", fisher_batch_size)
+        # Hydra reads an unquoted `fisher_label=true` override as the boolean.
+        self.fisher_label = _choice("fisher_label", "true" if fisher_label is True else fisher_label, LABELS)
+        self.scope = _choice("scope", scope, SCOPES)
+        self.mode = _choice("mode", mode, MODES)
+        if mode == "online" and scope == "last":
+            raise ValueError(
+                "method.mode=online keeps running sums over every task; with method.scope=last use mode=separate"
+            )
+        self.terms: list[Quadratic] = []
+        self.fisher_counts: list[int] = []
+
+    def importance(self, ctx: TrainContext) -> dict[str, Tensor]:
+        """F of the task that just ended, by trainable parameter name."""
+        split = ctx.tasks[ctx.task_idx].train
+        count = min(self.fisher_samples, len(split))
+        index = torch.randperm(len(split), generator=ctx.generator)[:count]
+        self.fisher_counts.append(count)
+        return diagonal_fisher(
+            ctx.model,
+            split,
+            index,
+            ctx.task_idx,
+            ctx.scenario,
+            self.fisher_label,
+            self.fisher_batch_size,
+            ctx.generator,
+        )
+
+    def after_task(self, ctx: TrainContext) -> None:
+        fisher = self.importance(ctx)
+        params = dict(ctx.model.named_parameters())
+        new = Quadratic(fisher, {name: params[name].detach().clone() for name in fisher})
+        old = self.terms if self.gamma == 1 else [term.scaled(self.gamma) for term in self.terms]
+        if self.scope == "last":
+            self.terms = [new]
+        elif self.mode == "online":
+            self.terms = [old[0].merged(new) if old else new]
+        else:
+            self.terms = old + [new]
+
+    def penalty(self, ctx: TrainContext) -> Tensor | None:
+        """Σ_j F_j(θ − θ*_j)² over the stored terms (None before the first task has ended)."""
+        if not self.terms:
+            return None
+        params = dict(ctx.model.named_parameters())
+        return sum(term.value(params) for term in self.terms)
+
+    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        penalty = self.penalty(ctx)
+        return {} if penalty is None else {self.loss_name: self.lambda_ * penalty}
+
+    def state_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "scope": self.scope,
+            "terms": [term.state() for term in self.terms],
+            "fisher_counts": list(self.fisher_counts),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("mode", "scope"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"the checkpoint was written with method.{key}={state[key]}, this run has {getattr(self, key)}"
+                )
+        self.terms = [
+            Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"])) for t in state["terms"]
+        ]
+        self.fisher_counts = list(state["fisher_counts"])
+
+
+def _number(key: str, value: float, rule: str, ok) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"method.{key}={value!r}: must be a number {rule}")
+    return float(value)
+
+
+def _count(key: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"method.{key}={value!r}: must be an integer ≥ 1")
+    return value
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"method.{key}={value!r}: must be one of {', '.join(choices)}")
+    return value

@@ -1,0 +1,246 @@
+"""EWC and L2: the penalty's closed form, online sums, head growth, λ = 0, checkpoints, validation."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from cl_bench import CONFIG_DIR
+from cl_bench.data.task import Task, TensorSplit
+from cl_bench.methods.base import Batch, TrainContext
+from cl_bench.methods.build import build_method
+from cl_bench.methods.ewc import EWC
+from cl_bench.methods.fisher import diagonal_fisher_loop
+from cl_bench.methods.l2 import L2
+from cl_bench.models.head import grow_head
+from cl_bench.models.mlp import MLP
+from cl_bench.scenario import Scenario
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and lose much when another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_tasks(n_tasks: int, n_classes: int, dtype: torch.dtype, n: int = 12, dim: int = 3) -> list[Task]:
+    g = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(n_tasks):
+        split = TensorSplit(
+            torch.randn(n, dim, generator=g, dtype=dtype), torch.randint(0, n_classes, (n,), generator=g)
+        )
+        tasks.append(Task(f"t{t}", split, split, split, [str(c) for c in range(n_classes)], (dim,)))
+    return tasks
+
+
+class Sequence:
+    """A model trained on nothing: each 'task' ends with a random step away from the last θ*."""
+
+    def __init__(self, scenario: str, n_tasks: int = 3, n_classes: int = 2, dtype=torch.float64):
+        torch.manual_seed(0)
+        self.tasks = make_tasks(n_tasks, n_classes, dtype)
+        self.scenario = Scenario(scenario, [n_classes] * n_tasks)
+        self.model = MLP((3,), self.scenario.n_outputs(0), [4]).to(dtype)
+        self.generator = torch.Generator().manual_seed(1)
+
+    def ctx(self, task_idx: int) -> TrainContext:
+        return TrainContext(self.model, self.tasks, self.scenario, task_idx, torch.device("cpu"), self.generator, 4)
+
+    def start(self, task_idx: int) -> TrainContext:
+        grow_head(self.model, self.scenario.n_outputs(task_idx))
+        return self.ctx(task_idx)
+
+    def nudge(self, scale: float = 0.1) -> None:
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.add_(scale * torch.randn_like(p))
+
+    def run(self, methods: list[EWC], n_tasks: int) -> TrainContext:
+        """Tasks 0..n_tasks-1 end (each method's after_task), then task n_tasks starts."""
+        for t in range(n_tasks):
+            ctx = self.start(t)
+            self.nudge()
+            for method in methods:
+                method.after_task(ctx)
+        ctx = self.start(n_tasks)
+        self.nudge()
+        return ctx
+
+
+def term(method: EWC, ctx: TrainContext) -> torch.Tensor:
+    batch = Batch(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1))
+    return method.loss_terms(ctx, batch, torch.zeros(1, 2))[method.loss_name]
+
+
+def grads(value: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(value, list(model.parameters()), allow_unused=True, materialize_grads=True))
+
+
+def test_penalty_is_lambda_times_fisher_weighted_squared_distance():
+    seq = Sequence("domain", n_tasks=2)
+    ewc = EWC(lambda_=3.0, fisher_samples=1000)
+    ctx = seq.start(0)
+    anchor = {name: p.detach().clone() for name, p in seq.model.named_parameters()}
+    ewc.after_task(ctx)
+    fisher = diagonal_fisher_loop(seq.model, seq.tasks[0].train, torch.arange(12), 0, seq.scenario, "true", 5)
+    seq.nudge()
+    params = dict(seq.model.named_parameters())
+    expected = 3.0 * sum((fisher[n] * (params[n] - anchor[n]) ** 2).sum() for n in params)
+    assert torch.allclose(term(ewc, seq.ctx(1)), expected, rtol=1e-10)
+    assert ewc.fisher_counts == [12]
+
+
+def test_no_term_before_the_first_task_has_ended():
+    seq = Sequence("domain")
+    assert EWC().loss_terms(seq.ctx(0), None, torch.zeros(1, 2)) == {}
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+@pytest.mark.parametrize("scenario", ["class", "domain"])
+def test_online_sums_equal_the_sum_of_separate_penalties_in_value_and_gradient(scenario, gamma):
+    seq = Sequence(scenario, n_tasks=4)
+    separate = EWC(fisher_samples=100, fisher_label="expected", gamma=gamma)
+    online = EWC(fisher_samples=100, fisher_label="expected", gamma=gamma, mode="online")
+    ctx = seq.run([separate, online], 3)
+    assert len(separate.terms) == 3 and len(online.terms) == 1
+    a, b = term(separate, ctx), term(online, ctx)
+    assert torch.allclose(a, b, rtol=1e-10)
+    for ga, gb in zip(grads(a, seq.model), grads(b, seq.model)):
+        assert torch.allclose(ga, gb, rtol=1e-9, atol=1e-14)
+
+
+def test_decay_weighs_each_task_by_gamma_to_its_age():
+    seq = Sequence("domain", n_tasks=4)
+    decayed, terms = EWC(fisher_samples=8, gamma=0.5), []
+    for t in range(3):
+        ctx = seq.start(t)
+        seq.nudge()
+        decayed.after_task(ctx)
+        single = EWC(fisher_samples=8)
+        single.terms = [decayed.terms[-1]]
+        terms.append(single)
+    ctx = seq.start(3)
+    expected = sum(0.5 ** (2 - t) * term(single, ctx) for t, single in enumerate(terms))
+    assert torch.allclose(term(decayed, ctx), expected, rtol=1e-10)
+
+
+def test_online_stays_accurate_in_float32_near_the_anchors():
+    """ΣF·θ² − 2θ·ΣFθ* + ΣFθ*² would cancel catastrophically here; the centred form does not."""
+    seq = Sequence("domain", n_tasks=4, dtype=torch.float32)
+    with torch.no_grad():
+        for p in seq.model.parameters():
+            p.add_(100.0)
+    separate, online = EWC(lambda_=1.0, fisher_samples=100), EWC(lambda_=1.0, fisher_samples=100, mode="online")
+    for t in range(3):
+        ctx = seq.start(t)
+        seq.nudge(1e-3)
+        separate.after_task(ctx)
+        online.after_task(ctx)
+    ctx = seq.start(3)
+    params = {n: p.detach().double() for n, p in seq.model.named_parameters()}
+    exact = sum(
+        (q.fisher[n].double() * (params[n] - q.center[n].double()) ** 2).sum() for q in separate.terms for n in q.fisher
+    )
+    assert float(exact) > 0
+    assert abs(term(online, ctx).item() - float(exact)) < 1e-5 * float(exact)
+
+
+def test_scope_last_keeps_only_the_most_recent_task():
+    seq = Sequence("domain", n_tasks=4)
+    last, single = EWC(fisher_samples=8, scope="last"), EWC(fisher_samples=8)
+    for t in range(3):
+        ctx = seq.start(t)
+        seq.nudge()
+        last.after_task(ctx)
+    single.terms = [last.terms[0]]
+    ctx = seq.start(3)
+    assert len(last.terms) == 1 and torch.equal(term(last, ctx), term(single, ctx))
+
+
+@pytest.mark.parametrize("mode", ["separate", "online"])
+@pytest.mark.parametrize("scenario", ["class", "task"])
+def test_head_rows_added_after_a_task_carry_no_penalty(scenario, mode):
+    seq = Sequence(scenario, n_tasks=3)
+    ewc = EWC(fisher_samples=8, fisher_label="expected", mode=mode)
+    ctx = seq.run([ewc], 1)
+    before = term(ewc, ctx)
+    with torch.no_grad():
+        seq.model.head.weight[2:].add_(5.0)
+        seq.model.head.bias[2:].add_(5.0)
+    after = term(ewc, ctx)
+    assert torch.equal(before, after)
+    weight_grad, bias_grad = torch.autograd.grad(after, [seq.model.head.weight, seq.model.head.bias])
+    assert weight_grad[2:].abs().max() == 0 and bias_grad[2:].abs().max() == 0
+    assert weight_grad[:2].abs().max() > 0
+    assert ewc.terms[0].fisher["head.weight"].shape[0] == 2
+
+
+def test_lambda_zero_gives_a_zero_term():
+    seq = Sequence("domain")
+    ewc = EWC(lambda_=0, fisher_samples=8)
+    value = term(ewc, seq.run([ewc], 1))
+    assert value.item() == 0 and all(g.abs().max() == 0 for g in grads(value, seq.model))
+
+
+@pytest.mark.parametrize("mode", ["separate", "online"])
+def test_state_dict_round_trip_through_a_weights_only_checkpoint(mode):
+    seq = Sequence("class", n_tasks=3)
+    ewc = EWC(fisher_samples=8, mode=mode)
+    ctx = seq.run([ewc], 2)
+    buffer = io.BytesIO()
+    torch.save(ewc.state_dict(), buffer)
+    buffer.seek(0)
+    restored = EWC(fisher_samples=8, mode=mode)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(term(restored, ctx), term(ewc, ctx))
+    assert restored.fisher_counts == [8, 8]
+    with pytest.raises(ValueError, match="method.mode"):
+        EWC(mode="separate" if mode == "online" else "online").load_state_dict(ewc.state_dict())
+
+
+def test_l2_is_the_penalty_with_unit_importance():
+    seq = Sequence("class", n_tasks=2)
+    l2 = L2(lambda_=0.5)
+    ctx = seq.start(0)
+    anchor = {n: p.detach().clone() for n, p in seq.model.named_parameters()}
+    l2.after_task(ctx)
+    ctx = seq.start(1)
+    seq.nudge()
+    params = dict(seq.model.named_parameters())
+    expected = 0.5 * sum(((params[n][: anchor[n].shape[0]] - anchor[n]) ** 2).sum() for n in anchor)
+    batch = Batch(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1))
+    terms = l2.loss_terms(ctx, batch, torch.zeros(1, 4))
+    assert list(terms) == ["l2"] and torch.allclose(terms["l2"], expected, rtol=1e-12)
+    assert l2.fisher_counts == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lambda_": -1}, "method.lambda=-1: must be a number ≥ 0"),
+        ({"gamma": 1.5}, "method.gamma=1.5"),
+        ({"fisher_samples": 0}, "method.fisher_samples=0"),
+        ({"fisher_label": "empirical"}, "method.fisher_label='empirical'"),
+        ({"scope": "first"}, "method.scope='first'"),
+        ({"mode": "online", "scope": "last"}, "method.mode=online"),
+    ],
+)
+def test_invalid_arguments_name_their_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EWC(**kwargs)
+
+
+@pytest.mark.parametrize("name, cls", [("ewc", EWC), ("l2", L2)])
+def test_presets_build_with_their_defaults(name, cls):
+    node = OmegaConf.load(CONFIG_DIR / "method" / f"{name}.yaml")
+    method = build_method(node)
+    assert type(method) is cls and method.lambda_ == float(node["lambda"])
+    assert name != "ewc" or method.fisher_label == "true"

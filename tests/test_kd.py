@@ -1,0 +1,247 @@
+"""KD (Learning without Forgetting): the loss against hand computation, teacher modes, grouping, state."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from cl_bench.data.task import Task, TensorSplit
+from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.kd import KD
+from cl_bench.models.head import grow_head
+from cl_bench.models.mlp import MLP
+from cl_bench.scenario import Scenario
+
+SHAPE = (6,)
+
+
+def make_tasks(n_tasks: int, n_classes: int = 3, n: int = 24) -> list[Task]:
+    generator = torch.Generator().manual_seed(1)
+    tasks = []
+    for t in range(n_tasks):
+        split = TensorSplit(torch.randn(n, *SHAPE, generator=generator), torch.arange(n) % n_classes)
+        tasks.append(Task(f"t{t}", split, split, split, [str(c) for c in range(n_classes)], SHAPE))
+    return tasks
+
+
+def make_model(scenario: Scenario, seed: int = 0, dropout: float = 0.0) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(SHAPE, scenario.n_outputs(0), [7], dropout)
+
+
+def context(model: MLP, tasks: list[Task], scenario: Scenario, task_idx: int) -> TrainContext:
+    return TrainContext(model, tasks, scenario, task_idx, torch.device("cpu"), torch.Generator().manual_seed(0), 8)
+
+
+def start(method: Method, model: MLP, tasks: list[Task], scenario: Scenario, task_idx: int) -> TrainContext:
+    """What the trainer does at a task's start: grow the head, then before_task."""
+    grow_head(model, scenario.n_outputs(task_idx))
+    ctx = context(model, tasks, scenario, task_idx)
+    method.before_task(ctx)
+    return ctx
+
+
+def perturb(model: MLP, seed: int = 5) -> None:
+    """Move the student away from the teacher, as training does."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5 * torch.randn(parameter.shape, generator=generator))
+
+
+def batch_of(task: Task, task_idx: int, index: list[int]) -> Batch:
+    index_t = torch.tensor(index)
+    x, y = task.train.gather(index_t)
+    return Batch(x, y, torch.full_like(y, task_idx), index_t)
+
+
+def hand_kd(student: torch.Tensor, teacher: torch.Tensor, groups: list[tuple[int, int]], T: float) -> torch.Tensor:
+    """Li & Hoiem's L_old written as in the paper: probabilities raised to 1/T and renormalised,
+    −Σ y'_o log ŷ'_o with the old model's y_o as target, summed over groups, averaged over examples."""
+    total = torch.zeros((), dtype=torch.float64)
+    for start_unit, stop_unit in groups:
+        y_o = teacher[:, start_unit:stop_unit].double().exp()
+        y_o = y_o / y_o.sum(1, keepdim=True)
+        y_hat = student[:, start_unit:stop_unit].double().exp()
+        y_hat = y_hat / y_hat.sum(1, keepdim=True)
+        y_o_t = y_o ** (1 / T) / (y_o ** (1 / T)).sum(1, keepdim=True)
+        y_hat_t = y_hat ** (1 / T) / (y_hat ** (1 / T)).sum(1, keepdim=True)
+        total = total - (y_o_t * y_hat_t.log()).sum(1).mean()
+    return total
+
+
+@pytest.mark.parametrize("T, t_squared", [(1.0, False), (2.0, False), (2.0, True)])
+def test_class_il_loss_equals_hand_formula(T, t_squared):
+    scenario = Scenario("class", [3, 3])
+    tasks = make_tasks(2)
+    model = make_model(scenario)
+    kd = KD(kappa=0.7, T=T, t_squared=t_squared)
+    kd.before_task(context(model, tasks, scenario, 0))
+    batch = batch_of(tasks[1], 1, [0, 3, 5, 7, 11])
+    teacher = model(batch.x).detach()  # the model as task 0 ended: 3 units
+    ctx = start(kd, model, tasks, scenario, 1)
+    perturb(model)
+    logits = model(batch.x)
+    terms = kd.loss_terms(ctx, batch, logits)
+    expected = 0.7 * (T**2 if t_squared else 1.0) * hand_kd(logits.detach(), teacher, [(0, 3)], T)
+    assert set(terms) == {"kd"}
+    assert torch.allclose(terms["kd"].double(), expected, rtol=1e-5)
+    swapped = 0.7 * (T**2 if t_squared else 1.0) * hand_kd(teacher, logits.detach(), [(0, 3)], T)
+    assert not torch.allclose(terms["kd"].double(), swapped, rtol=1e-3)  # seed 000's order differs
+
+
+def test_first_task_has_no_term():
+    scenario = Scenario("class", [3, 3])
+    tasks = make_tasks(2)
+    model = make_model(scenario)
+    kd = KD()
+    ctx = start(kd, model, tasks, scenario, 0)
+    batch = batch_of(tasks[0], 0, [0, 1])
+    assert kd.loss_terms(ctx, batch, model(batch.x)) == {}
+    assert kd.teacher is None
+
+
+def test_gradient_is_zero_when_student_equals_teacher():
+    scenario = Scenario("class", [3, 3])
+    tasks = make_tasks(2)
+    model = make_model(scenario)
+    kd = KD(kappa=1.0, T=2.0)
+    ctx = start(kd, model, tasks, scenario, 1)
+    batch = batch_of(tasks[1], 1, [1, 2, 4, 8])
+    student = model(batch.x).detach().requires_grad_()  # unchanged model: old units equal the teacher's
+    kd.loss_terms(ctx, batch, student)["kd"].backward()
+    assert torch.allclose(student.grad, torch.zeros_like(student.grad), atol=1e-7)
+    moved = (student.detach() + torch.randn(student.shape)).requires_grad_()
+    kd.loss_terms(ctx, batch, moved)["kd"].backward()
+    assert moved.grad[:, :3].abs().max() > 1e-3
+    assert torch.equal(moved.grad[:, 3:], torch.zeros(4, 3))  # new units are not distilled
+
+
+def test_recorded_teacher_equals_live_teacher():
+    scenario = Scenario("class", [3, 3])
+    tasks = make_tasks(2)
+    model = make_model(scenario)
+    recorded, live, auto = KD(teacher="recorded"), KD(teacher="live"), KD(teacher="auto")
+    grow_head(model, scenario.n_outputs(1))
+    ctx = context(model, tasks, scenario, 1)
+    rng = torch.get_rng_state()
+    for method in (recorded, live, auto):
+        method.before_task(ctx)
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout masks stay those of the baseline
+    assert recorded.recorded.shape == (len(tasks[1].train), 3)
+    assert live.recorded is None
+    assert auto.recorded is not None  # tensor splits are deterministic: auto records
+    perturb(model)
+    batch = batch_of(tasks[1], 1, [9, 2, 17, 5, 0, 23])
+    results = []
+    for method in (recorded, live):
+        loss = method.loss_terms(ctx, batch, model(batch.x))["kd"]
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    (loss_r, grads_r), (loss_l, grads_l) = results
+    assert torch.allclose(loss_r, loss_l, rtol=1e-6)
+    for grad_r, grad_l in zip(grads_r, grads_l):
+        assert torch.allclose(grad_r, grad_l, rtol=1e-5, atol=1e-8)
+
+
+def test_recorded_teacher_rejects_added_examples_and_live_skips_them():
+    scenario = Scenario("class", [3, 3])
+    tasks = make_tasks(2)
+    model = make_model(scenario)
+    recorded, live = KD(teacher="recorded"), KD(teacher="live")
+    for method in (recorded, live):
+        ctx = start(method, model, tasks, scenario, 1)
+    perturb(model)
+    own = batch_of(tasks[1], 1, [3, 4])
+    added = batch_of(tasks[0], 0, [5, 6])
+    mixed = Batch(
+        torch.cat([own.x, added.x]), torch.cat([own.y, added.y]), torch.cat([own.task_ids, added.task_ids]),
+        torch.tensor([3, 4, -1, -1]),
+    )
+    with pytest.raises(RuntimeError, match="index -1"):
+        recorded.loss_terms(ctx, mixed, model(mixed.x))
+    only_own = live.loss_terms(ctx, own, model(own.x))["kd"]
+    assert torch.allclose(live.loss_terms(ctx, mixed, model(mixed.x))["kd"], only_own, rtol=1e-6)
+
+
+def train_steps(method: Method, dropout: float) -> list[torch.Tensor]:
+    """Two tasks of a few SGD steps with the trainer's per-step loss; the final parameters."""
+    scenario = Scenario("class", [3, 3])
+    tasks = make_tasks(2)
+    model = make_model(scenario, dropout=dropout)
+    for task_idx in range(2):
+        ctx = start(method, model, tasks, scenario, task_idx)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        model.train()
+        for step in range(4):
+            batch = method.extend_batch(ctx, batch_of(tasks[task_idx], task_idx, [step, step + 5, step + 9]))
+            logits = model(batch.x)
+            loss = scenario.loss(logits, batch.y, batch.task_ids) + sum(method.loss_terms(ctx, batch, logits).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        method.after_task(ctx)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_kappa_zero_trains_exactly_as_baseline():
+    baseline = train_steps(Method(), dropout=0.3)
+    assert all(torch.equal(a, b) for a, b in zip(baseline, train_steps(KD(kappa=0.0), dropout=0.3)))
+    assert not all(torch.equal(a, b) for a, b in zip(baseline, train_steps(KD(kappa=1.0), dropout=0.3)))
+
+
+@pytest.mark.parametrize(
+    "name, groups",
+    [
+        ("class", [(0, 4)]),  # every old class in one softmax
+        ("task", [(0, 2), (2, 4)]),  # each old task's head separately
+        ("domain", [(0, 2)]),  # the shared head
+    ],
+)
+def test_old_tasks_are_distilled_by_scenario_groups(name, groups):
+    scenario = Scenario(name, [2, 2, 2])
+    tasks = make_tasks(3, n_classes=2)
+    model = make_model(scenario)
+    kd = KD(kappa=1.0, T=2.0)
+    for task_idx in range(2):
+        start(kd, model, tasks, scenario, task_idx)
+    perturb(model, seed=3)  # "training" task 1
+    batch = batch_of(tasks[2], 2, [0, 1, 2, 3, 4, 5])
+    teacher = model(batch.x).detach()  # the model as task 1 ended
+    assert teacher.shape[1] == groups[-1][1]
+    ctx = start(kd, model, tasks, scenario, 2)
+    perturb(model, seed=4)
+    logits = model(batch.x)
+    loss = kd.loss_terms(ctx, batch, logits)["kd"]
+    assert torch.allclose(loss.double(), hand_kd(logits.detach(), teacher, groups, 2.0), rtol=1e-5)
+    if name == "task":  # one joint softmax over both old heads would be a different loss
+        assert not torch.allclose(loss.double(), hand_kd(logits.detach(), teacher, [(0, 4)], 2.0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["recorded", "live"])
+def test_state_dict_round_trip_rebuilds_the_teacher(mode):
+    scenario = Scenario("class", [3, 3])
+    tasks = make_tasks(2)
+    model = make_model(scenario)
+    kd = KD(kappa=0.5, teacher=mode)
+    ctx = start(kd, model, tasks, scenario, 1)
+    perturb(model)
+    batch = batch_of(tasks[1], 1, [2, 7, 19])
+    expected = kd.loss_terms(ctx, batch, model(batch.x))["kd"]
+
+    buffer = io.BytesIO()
+    torch.save(kd.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert state["teacher"]["head.weight"].shape == (3, 7)
+    assert ("recorded" in state) == (mode == "recorded")
+
+    rebuilt_model = make_model(scenario, seed=9)  # the trainer's fresh model, then the checkpoint's weights
+    grow_head(rebuilt_model, scenario.n_outputs(1))
+    rebuilt_model.load_state_dict(model.state_dict())
+    restored = KD(kappa=0.5, teacher=mode)
+    restored.load_state_dict(state)
+    restored_ctx = context(rebuilt_model, tasks, scenario, 1)
+    assert torch.allclose(restored.loss_terms(restored_ctx, batch, rebuilt_model(batch.x))["kd"], expected)
+    assert restored.state_dict().keys() == state.keys()

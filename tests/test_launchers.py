@@ -1,0 +1,84 @@
+"""Sweeps on the shipped launcher and sweeper configs: every job runs, and a failing job costs the
+sweep neither its other jobs nor its report (the failure is in the table)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import warnings
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from cl_bench import CONFIG_DIR
+from tests.test_cli import cl_bench
+
+
+def sweep_folder(tmp_path: Path) -> Path:
+    (sweep,) = (tmp_path / "out" / "multirun").glob("*/*")
+    return sweep
+
+
+def statuses(sweep: Path) -> dict[float, str]:
+    """lr -> status of every job of the sweep."""
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    return {s["lr"]: s["status"] for s in summaries}
+
+
+def test_slurm_preset_extends_the_plugin_config_with_our_defaults():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. Hydra's deprecated schema matching of same-named configs
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.account is None
+    assert (launcher.timeout_min, launcher.gpus_per_node, launcher.cpus_per_task) == (720, 1, 4)
+    assert launcher.setup == ["export OMP_NUM_THREADS=4"]
+
+
+def test_joblib_runs_four_jobs_in_parallel_and_reports_the_failed_one(tmp_path):
+    done = cl_bench(tmp_path, "hydra/launcher=joblib", "lr=0.001,0.0001,0.01,-1", "threads=null", multirun=True)
+    assert done.returncode == 0, done.stderr
+    sweep = sweep_folder(tmp_path)
+    assert statuses(sweep) == {0.001: "ok", 0.0001: "ok", 0.01: "ok", -1: "failed"}
+    report = (sweep / "report.md").read_text()
+    assert "| Baseline |" in report and "| Baseline (low lr) |" in report and "| Baseline (lr=0.01) |" in report
+    assert "| Baseline (lr=-1) | **failed** |" in report
+    assert (sweep / "report.csv").exists()
+    assert "Joblib.Parallel" in done.stdout + done.stderr
+
+
+def test_submitit_local_runs_two_jobs_and_reports_the_failed_one(tmp_path):
+    done = cl_bench(tmp_path, "hydra/launcher=slurm_local", "lr=0.001,-1", multirun=True)
+    assert done.returncode == 0, done.stderr
+    sweep = sweep_folder(tmp_path)
+    assert statuses(sweep) == {0.001: "ok", -1: "failed"}
+    assert "| Baseline (lr=-1) | **failed** |" in (sweep / "report.md").read_text()
+    assert list((sweep / ".submitit").glob("*/*_result.pkl"))
+
+
+def trials(database: Path) -> list[tuple[str, float | None]]:
+    """(state, value) of every trial of the only study in an Optuna SQLite file."""
+    with sqlite3.connect(database) as connection:
+        return connection.execute(
+            "SELECT t.state, v.value FROM trials t LEFT JOIN trial_values v ON v.trial_id = t.trial_id"
+            " ORDER BY t.number"
+        ).fetchall()
+
+
+def test_optuna_search_scores_failures_as_worst_and_resumes_its_study(tmp_path):
+    search = ["hydra/sweeper=optuna_score", "lr=choice(0.001,-1)"]
+    done = cl_bench(tmp_path, *search, "hydra/sweeper/sampler=grid", multirun=True)
+    assert done.returncode == 0, done.stderr
+    database = tmp_path / "out" / "optuna" / "baseline.db"
+    first = trials(database)
+    assert [state for state, _ in first] == ["COMPLETE", "COMPLETE"]
+    worst, best = sorted(value for _, value in first)
+    assert worst == 0.0 and best > 0.3  # the failed run (lr=-1) scores 0, finite: the search goes on
+    sweep = sweep_folder(tmp_path)
+    assert "| Baseline (lr=-1) | **failed** |" in (sweep / "report.md").read_text()
+
+    done = cl_bench(tmp_path, *search, "hydra.sweeper.n_trials=1", multirun=True)
+    assert done.returncode == 0, done.stderr
+    assert len(trials(database)) == 3
+    assert all(state == "COMPLETE" for state, _ in trials(database))
