@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+from cl_bench.metrics import task_letters
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+if TYPE_CHECKING:
+    import pandas as pd
 
-from cl_bench.metrics import task_letters  # noqa: E402
+# matplotlib (about 0.4 s to import) is imported when a figure is drawn, never at import time: a run
+# draws its curve figure once, at its end. Figures are drawn on `matplotlib.figure.Figure` with the
+# Agg canvas, without pyplot's global state.
 
 
 def val_columns(metrics: pd.DataFrame) -> list[str]:
@@ -23,26 +26,40 @@ def task_boundaries(metrics: pd.DataFrame) -> list[int]:
     return [int(s) for t, s in starts.items() if t > 0]
 
 
-def plot_curves(metrics: pd.DataFrame, path: Path, title: str) -> None:
-    """One line per task's val accuracy, task boundaries as dashed vertical lines."""
-    figure, axes = plt.subplots(figsize=(7, 4))
-    columns = val_columns(metrics)
+def _figure(**options):
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    """One line per task's val accuracy against the step, task boundaries as dashed vertical lines;
+    `rows` are the run's metrics rows (a missing or None accuracy is a gap)."""
+    figure = _figure(figsize=(7, 4))
+    axes = figure.subplots()
+    columns = list(dict.fromkeys(k for row in rows for k in row if k.startswith("val/")))
+    steps = [row["step"] for row in rows]
     for letter, column in zip(task_letters(len(columns)), columns):
-        axes.plot(metrics["step"], 100 * metrics[column], label=f"task {letter}: {column[4:]}")
-    for boundary in task_boundaries(metrics):
-        axes.axvline(boundary, color="grey", linestyle="--", linewidth=0.8)
+        values = [row.get(column) for row in rows]
+        axes.plot(steps, [math.nan if v is None else 100 * v for v in values], label=f"task {letter}: {column[4:]}")
+    starts: dict[int, int] = {}
+    for row in rows:
+        starts[row["task"]] = min(starts.get(row["task"], row["step"]), row["step"])
+    for task, start in starts.items():
+        if task > 0:
+            axes.axvline(start, color="grey", linestyle="--", linewidth=0.8)
     axes.set(xlabel="training step", ylabel="validation accuracy (%)", title=title, ylim=(0, 100))
     axes.legend(loc="lower left", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_comparison(curves: dict[str, pd.DataFrame], path: Path) -> None:
     """Seed 000's Figure 3: one panel per task, one line per technique (its first run)."""
     any_metrics = next(iter(curves.values()))
     columns = val_columns(any_metrics)
-    figure, panels = plt.subplots(len(columns), 1, figsize=(8, 3 * len(columns)), sharex=True, squeeze=False)
+    figure = _figure(figsize=(8, 3 * len(columns)))
+    panels = figure.subplots(len(columns), 1, sharex=True, squeeze=False)
     for panel, letter, column in zip(panels[:, 0], task_letters(len(columns)), columns):
         for label, metrics in curves.items():
             if column in metrics:
@@ -54,4 +71,3 @@ def plot_comparison(curves: dict[str, pd.DataFrame], path: Path) -> None:
     panels[0, 0].legend(fontsize="small", loc="lower left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)

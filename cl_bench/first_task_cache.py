@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 # What determines the first task's training and its metrics rows. Not: the later tasks' lr and
 # budget, the method (its first task trains as the baseline's), the logger, checkpoints.
-KEY_FIELDS = ("dataset", "scenario", "model", "optimizer", "first_task", "seed", "batch_size", "eval_every", "init_from")
+KEY_FIELDS = (
+    "dataset", "scenario", "model", "optimizer", "first_task", "seed", "batch_size", "eval_every", "init_from",
+    "precision", "task_order",
+)
 
 
 def first_task_key(cfg: DictConfig, device_type: str) -> str:

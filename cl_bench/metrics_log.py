@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRICS_FILE = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
 
 
 def _json_row(row: dict) -> str:
@@ -40,8 +44,25 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in lines))
 
 
+def write_metrics_csv(rows: list[dict], path: Path) -> None:
+    """`rows` as CSV: a column per key in order of first appearance, a missing, None or NaN value
+    empty, floats at full precision (the table pandas' read_json + to_csv made, without importing
+    pandas in every run)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def cell(value):
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([cell(row.get(key)) for key in columns] for row in rows)
+
+
 def read_metrics(run_dir: Path) -> pd.DataFrame:
     """A run's metrics rows as a data frame (empty when the run logged nothing)."""
+    import pandas as pd
+
     path = run_dir / METRICS_FILE
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()

@@ -25,6 +25,7 @@ from cl_bench.summary import SUMMARY_FILE
 log = logging.getLogger(__name__)
 
 DEFAULT_LR_LABELS = {"0.001": "", "0.0001": "low lr"}
+WANDB_LOGGER = "cl_bench.loggers.wandb.WandbLogger"
 
 
 def find_run_dirs(roots: list[Path]) -> list[Path]:
@@ -196,7 +197,8 @@ def write_report(roots: list[Path], out_dir: Path) -> str:
 
 
 class ReportCallback(Callback):
-    """At the end of a multirun, writes and prints the Score table of its jobs."""
+    """At the end of a multirun, writes and prints the Score table of its jobs (and logs it to W&B
+    with `logger=wandb`)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -206,6 +208,17 @@ class ReportCallback(Callback):
             log.warning("no report: %s", error)
             return
         print(f"\nScore table ({sweep_dir}/report.md):\n\n{text}")
+        publish_to_wandb(config, sweep_dir)
+
+
+def publish_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
+    """With `logger=wandb`, log the sweep's table to W&B (a run of job_type report); wandb is imported
+    only then."""
+    if OmegaConf.select(config, "logger._target_") != WANDB_LOGGER:
+        return
+    from cl_bench.loggers.wandb_report import publish_report
+
+    publish_report(config, sweep_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,11 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.checkpoint import CheckpointDir, load_checkpoint, write_json
 from cl_bench.data.sequences import build_task_sequence
+from cl_bench.data.task import Task
 from cl_bench.figures import plot_curves
 from cl_bench.first_task_cache import FirstTaskCache, first_task_key
 from cl_bench.methods.build import build_method
 from cl_bench.models.head import grow_head
-from cl_bench.metrics_log import METRICS_FILE, MetricsLog, read_metrics
+from cl_bench.metrics_log import METRICS_CSV, METRICS_FILE, MetricsLog, write_metrics_csv
+from cl_bench.precision import device_model_options
 from cl_bench.provenance import device_description, git_state, resolve_device, versions
 from cl_bench.scenario import Scenario
 from cl_bench.summary import SUMMARY_FILE, result_summary
@@ -33,6 +35,7 @@ from cl_bench.validate import validate_config
 log = logging.getLogger(__name__)
 
 FAILED_SCORE = 0.0  # what a failed run returns to a sweeper that maximises Score: the worst Score
+TASKS_FILE = "tasks.json"
 
 
 def describe(cfg: DictConfig) -> dict:
@@ -83,6 +86,14 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def task_record(task: Task) -> dict:
+    """What the run folder's tasks.json keeps of a task: name, classes, split sizes, input shape, and
+    the builder's `info` (image folders: class counts, dropped classes, unmatched folders, skipped files...)."""
+    sizes = {split: len(getattr(task, split)) for split in ("train", "val", "test")}
+    return {"name": task.name, "classes": task.class_names, "split_sizes": sizes,
+            "input_shape": list(task.input_shape), **task.info}
+
+
 def load_initial_weights(model: torch.nn.Module, path: str) -> None:
     """`init_from`: a cl_bench checkpoint (its model) or a plain state dict, loaded safely."""
     state = load_checkpoint(Path(path).expanduser())
@@ -95,18 +106,22 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> None:
 def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict) -> None:
     """Build everything from `cfg` and train the sequence, resuming from the run's last checkpoint."""
     validate_config(cfg)
+    method = build_method(cfg.method)  # its settings are checked here, before any data is read
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     summary["device"] = device_description(device)
-    tasks = [task.to(device) for task in build_task_sequence(cfg.dataset)]
+    sequence = build_task_sequence(cfg.dataset, cfg.get("task_order", "fixed"), cfg.seed)
+    tasks = [task.to(device) for task in sequence]
     summary["tasks"] = [task.name for task in tasks]
+    method.check(tasks)
+    write_json([task_record(task) for task in tasks], run_dir / TASKS_FILE)
     scenario = Scenario(cfg.scenario, [task.n_classes for task in tasks])
-    model = instantiate(cfg.model, input_shape=tasks[0].input_shape, n_outputs=scenario.n_outputs(0))
+    model = instantiate(cfg.model, input_shape=tasks[0].input_shape, n_outputs=scenario.n_outputs(0),
+                        **device_model_options(cfg.model, device))
     if cfg.init_from:
         load_initial_weights(model, cfg.init_from)
-    method = build_method(cfg.method)
     checkpoints = CheckpointDir(run_dir / "checkpoints", cfg.checkpoint.keep)
     trainer = Trainer(cfg, tasks, model.to(device), method, scenario, device, metrics.append, checkpoints.save)
     latest = checkpoints.latest()
@@ -151,9 +166,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         summary.update(wall_time_s=time.perf_counter() - started, git=git_state(), versions=versions())
         write_json(summary, run_dir / SUMMARY_FILE)
         if metrics.rows:
-            frame = read_metrics(run_dir)
-            frame.to_csv(run_dir / "metrics.csv", index=False)
-            plot_curves(frame, run_dir / "curves.png", f"{summary['method']} (lr={summary['lr']:g})")
+            write_metrics_csv(metrics.rows, run_dir / METRICS_CSV)  # the rows in memory: no re-read, no pandas
+            plot_curves(metrics.rows, run_dir / "curves.png", f"{summary['method']} (lr={summary['lr']:g})")
         logger.finish(summary, run_dir)
     return summary
 

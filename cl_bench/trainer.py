@@ -22,6 +22,7 @@ from cl_bench.evaluation import accuracies
 from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
 from cl_bench.models.head import grow_head
 from cl_bench.optim import build_optimizer
+from cl_bench.precision import forward_autocast
 from cl_bench.scenario import Scenario
 
 
@@ -127,8 +128,10 @@ class Trainer:
         self.method = method
         self.scenario = scenario
         self.device = device
+        self.autocast = forward_autocast(cfg.precision, device)  # reused, never nested
         self.on_eval = on_eval
         self.on_checkpoint = on_checkpoint
+        self.sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # loss sums (MPS has no float64)
         self.sampler_generator = torch.Generator().manual_seed(cfg.seed)
         self.method_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.result = SequenceResult()
@@ -198,17 +201,17 @@ class Trainer:
         for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
             index = index.to(self.device)
             batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index))
-            logits = self.model(batch.x)
-            terms = {"task": self.scenario.loss(logits, batch.y, batch.task_ids)}
-            terms.update(self.method.loss_terms(ctx, batch, logits))
+            with self.autocast:
+                logits = self.model(batch.x)
+                terms = {"task": self.scenario.loss(logits, batch.y, batch.task_ids)}
+                terms.update(self.method.loss_terms(ctx, batch, logits))
             loss = reduce(operator.add, terms.values())
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
             terms["total"] = loss
-            for name, value in terms.items():
-                run.sums[name] = value.detach() if name not in run.sums else run.sums[name] + value.detach()
-            run.nonfinite |= ~torch.isfinite(loss.detach())
+            for name, value in terms.items():  # running sums on the device, read at evaluation
+                run.sums[name] = run.sums[name] + value.detach() if name in run.sums else value.detach().to(self.sum_dtype)
             run.step += 1
             run.since += 1
             self.global_step += 1
@@ -232,6 +235,11 @@ class Trainer:
         progress.close()
 
     def _check_finite(self, run: TaskRun) -> None:
+        """Raise if a step's loss was NaN or infinite since the last evaluation. The running sum of the
+        total loss is non-finite exactly when one was (in float64 finite float32 losses cannot overflow
+        it), so steps do no check of their own: one host sync per boundary."""
+        if "total" in run.sums:
+            run.nonfinite |= ~torch.isfinite(run.sums["total"])
         if bool(run.nonfinite):
             first = self.global_step - run.since + 1
             raise NonFiniteLoss(
@@ -251,11 +259,12 @@ class Trainer:
     def _timed_accuracies(self, model: nn.Module, split: str) -> list[float]:
         """Every task's accuracy on `split` (read back if this model state's are held), timed."""
         started = time.perf_counter()
-        result = self.evaluations.accuracies(
-            model.state_dict(),
-            split,
-            lambda: accuracies(model, self.tasks, split, self.scenario, self.cfg.eval_batch_size),
-        )
+        with self.autocast:
+            result = self.evaluations.accuracies(
+                model.state_dict(),
+                split,
+                lambda: accuracies(model, self.tasks, split, self.scenario, self.cfg.eval_batch_size),
+            )
         self.result.eval_seconds += time.perf_counter() - started
         return result
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cl_bench.data.sequences import ORDERS
+from cl_bench.precision import PRECISIONS
 from cl_bench.scenario import SCENARIOS
 
 
@@ -30,9 +32,31 @@ def _budget(cfg: DictConfig, prefix: str) -> None:
     _positive(cfg, f"{prefix}steps" if steps is not None else f"{prefix}epochs", int if steps is not None else float)
 
 
+def _orders(cfg: DictConfig) -> None:
+    """`task_order` and every split dataset's `class_order` are fixed or random."""
+    splits = [name for name, node in cfg.dataset.items() if "class_order" in node]
+    keys = ["task_order"] + [f"dataset.{name}.class_order" for name in splits]
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default="fixed")
+        if value not in ORDERS:
+            raise ConfigError(f"{key}={value!r}: choose one of {', '.join(ORDERS)}")
+
+
+def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    """Keys left at `???`, found without resolving interpolations (OmegaConf.missing_keys resolves
+    them, and raises on one that points at a `???`: the key it points at is reported instead)."""
+    found = []
+    for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], (DictConfig, ListConfig)):
+            found += _missing_keys(node[key], f"{prefix}{key}.")
+    return found
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that cannot work."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"mandatory value(s) not set: {', '.join(missing)} (give them on the command line, key=value)")
     for key in ("lr", "first_task.lr"):
@@ -47,5 +71,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"scenario={cfg.scenario!r}: choose one of {', '.join(SCENARIOS)}")
     if not cfg.dataset:
         raise ConfigError("dataset=[]: select at least one dataset, e.g. dataset=[split_sklearn_digits]")
+    _orders(cfg)
     if cfg.threads is not None:
         _positive(cfg, "threads", int)
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if cfg.model.get("channels_last", False) not in (True, False, "auto"):
+        raise ConfigError(f"model.channels_last={cfg.model.channels_last!r}: choose true, false or auto")

@@ -531,8 +531,8 @@ def timed_runner(stamp: Path, overrides: list[str]) -> None:
 
     build = cl_bench.run.build_task_sequence
 
-    def stamped(datasets):
-        tasks = build(datasets)
+    def stamped(*args):
+        tasks = build(*args)
         stamp.write_text(repr(time.time()))
         return tasks
 

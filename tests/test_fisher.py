@@ -7,13 +7,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from cl_bench.data.task import TensorSplit
 from cl_bench.methods import fisher
 from cl_bench.methods.fisher import LABELS, diagonal_fisher, diagonal_fisher_loop
 from cl_bench.models.mlp import MLP
+from cl_bench.models.resnet import resnet18
 from cl_bench.scenario import Scenario
 
 
@@ -24,19 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class ResNetWithHead(nn.Module):
-    """torchvision's ResNet-18 with its `fc` as the cl_bench `.head`."""
-
-    def __init__(self, n_outputs: int):
-        super().__init__()
-        self.features = torchvision.models.resnet18(num_classes=n_outputs)
-        self.head = self.features.fc
-        self.features.fc = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class OddConvNet(nn.Module):
@@ -122,7 +109,7 @@ def test_fast_equals_loop_on_mlp_with_task_masking(label):
 @pytest.mark.parametrize("label", LABELS)
 def test_fast_equals_loop_on_resnet18_with_batchnorm(label):
     torch.manual_seed(0)
-    model = ResNetWithHead(5).double()
+    model = resnet18((3, 16, 16), 5).double()
     randomise_batchnorm(model)
     fast, loop = both(model, split_of(6, (3, 16, 16), 5), 0, Scenario("class", [5]), label, batch_size=4)
     assert relative_error(fast, loop) < 1e-8
@@ -223,7 +210,7 @@ def test_shared_parameters_and_batch_statistics_are_detected():
     assert "batch statistics" in fisher.fast_path_gap(
         nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, track_running_stats=False))
     )
-    assert fisher.fast_path_gap(ResNetWithHead(3)) is None
+    assert fisher.fast_path_gap(resnet18((3, 16, 16), 3)) is None
 
 
 def test_frozen_parameters_are_left_out():

@@ -4,6 +4,7 @@ sweep neither its other jobs nor its report (the failure is in the table)."""
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import warnings
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from cl_bench import CONFIG_DIR
+from cl_bench.run import FAILED_SCORE, objective
 from tests.test_cli import cl_bench
 
 
@@ -33,6 +35,7 @@ def test_slurm_preset_extends_the_plugin_config_with_our_defaults():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.account is None
     assert (launcher.timeout_min, launcher.gpus_per_node, launcher.cpus_per_task) == (720, 1, 4)
+    assert launcher.max_num_timeout == 3  # requeued on timeout, resumed from the job folder's checkpoint
     assert launcher.setup == ["export OMP_NUM_THREADS=4"]
 
 
@@ -66,19 +69,28 @@ def trials(database: Path) -> list[tuple[str, float | None]]:
         ).fetchall()
 
 
-def test_optuna_search_scores_failures_as_worst_and_resumes_its_study(tmp_path):
-    search = ["hydra/sweeper=optuna_score", "lr=choice(0.001,-1)"]
+def test_optuna_search_scores_a_nan_trial_as_worst_and_resumes_its_study(tmp_path):
+    search = ["hydra/sweeper=optuna_score", "lr=choice(0.001,1e30)"]  # at lr 1e30 the loss becomes NaN
     done = cl_bench(tmp_path, *search, "hydra/sweeper/sampler=grid", multirun=True)
     assert done.returncode == 0, done.stderr
     database = tmp_path / "out" / "optuna" / "baseline.db"
     first = trials(database)
     assert [state for state, _ in first] == ["COMPLETE", "COMPLETE"]
     worst, best = sorted(value for _, value in first)
-    assert worst == 0.0 and best > 0.3  # the failed run (lr=-1) scores 0, finite: the search goes on
+    assert worst == 0.0 and best > 0.3  # the NaN run scores 0, finite: the search goes on
     sweep = sweep_folder(tmp_path)
-    assert "| Baseline (lr=-1) | **failed** |" in (sweep / "report.md").read_text()
+    assert statuses(sweep) == {0.001: "ok", 1e30: "failed"}
+    errors = [json.loads(path.read_text()).get("error") for path in sweep.glob("*/summary.json")]
+    assert any("NonFiniteLoss" in error for error in errors if error)
+    assert "| Baseline (lr=1e+30) | **failed** |" in (sweep / "report.md").read_text()
 
     done = cl_bench(tmp_path, *search, "hydra.sweeper.n_trials=1", multirun=True)
     assert done.returncode == 0, done.stderr
     assert len(trials(database)) == 3
     assert all(state == "COMPLETE" for state, _ in trials(database))
+
+
+def test_the_value_returned_to_a_sweeper_is_always_finite():
+    assert objective({"status": "ok", "score": 0.7}) == 0.7
+    for summary in ({"status": "ok", "score": math.nan}, {"status": "ok", "score": None}, {"status": "failed"}):
+        assert objective(summary) == FAILED_SCORE == 0.0

@@ -30,6 +30,7 @@ from tests.conftest import FAST
         ("epochs=2", "steps=30, epochs=2: set exactly one of them"),
         ("scenario=joint", "scenario='joint': choose one of task, domain, class"),
         ("seed=???", "mandatory value(s) not set: seed"),
+        ("model.hidden=???", "mandatory value(s) not set: model.hidden"),
         ("checkpoint.every=-5", "checkpoint.every=-5: must be > 0"),
     ],
 )
@@ -38,6 +39,32 @@ def test_bad_config_values_are_named(make_config, override, message):
     with pytest.raises(ConfigError) as error:
         validate_config(cfg)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["method=kd", "method.T=0"], "method.T=0: must be > 0"),
+        (["method=kd", "method.kappa=-1"], "method.kappa=-1: must be >= 0"),
+        (["method=ewc", "method.lambda=-3"], "method.lambda=-3"),
+        (["method=ewc", "method.fisher_samples=100000"], "method.fisher_samples=100000: task 'split_sklearn_digits.0' has only 606 training examples; choose at most 606"),
+        (["method=ewc", "method.fisher_label=maybe"], "method.fisher_label='maybe'"),
+        (["method=ewc", "+method.lamda=3"], "method.lamda: EWC takes no such parameter (it takes: lambda,"),
+        (["dataset.split_sklearn_digits.splits=[[0,2,2],[1,3]]"], "repeated: [2]"),
+        (["dataset.split_sklearn_digits.splits=[[0,2],[1,12]]"], "unknown: [12]"),
+    ],
+)
+def test_bad_method_and_data_settings_fail_before_training(make_config, tmp_path, overrides, message):
+    summary, run_dir = run(make_config, tmp_path, "bad", *overrides)
+    assert summary["status"] == "failed" and message in summary["error"], summary.get("error")
+    assert not (run_dir / "checkpoints").exists() or not list((run_dir / "checkpoints").iterdir())
+    assert "train_steps" not in summary
+
+
+def test_an_unknown_method_names_the_choices(make_config):
+    with pytest.raises(Exception, match="Could not find 'method/ewx'") as error:
+        make_config("method=ewx")
+    assert "ewc" in str(error.value) and "kd" in str(error.value)
 
 
 def run(make_config, tmp_path, name, *overrides):
@@ -49,10 +76,21 @@ def run(make_config, tmp_path, name, *overrides):
 COMPARED = ("score", "score_k", "score_step", "score_test", "accuracy_matrix", "val_accuracy_matrix", "bwt")
 
 
-@pytest.mark.parametrize("method", ["baseline"])
-@pytest.mark.parametrize("stop_row", [2, 5])  # inside task A, inside task B
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=baseline"],
+        ["method=ewc", "method.fisher_label=sample"],  # Fisher, anchors and the label-sampling stream restored
+        ["method=ewc", "method.mode=online", "dataset=permuted_sklearn_digits", "dataset.permuted_sklearn_digits.n_tasks=3"],
+        ["method=kd", "method.teacher=recorded"],  # the recorded teacher outputs restored
+        ["method=kd", "method.teacher=live"],  # the frozen teacher model restored
+        ["method=replay"],  # the exemplar memory restored
+    ],
+    ids=["baseline", "ewc", "ewc-online-3-tasks", "kd-recorded", "kd-live", "replay"],
+)
+@pytest.mark.parametrize("stop_row", [2, 6])  # inside task A, inside task B
 def test_stopped_by_a_signal_and_resumed_equals_uninterrupted(make_config, tmp_path, method, stop_row):
-    common = [f"method={method}", "first_task.cache=false", "model.dropout=0.1"]
+    common = [*method, "first_task.cache=false", "model.dropout=0.1"]
     whole, whole_dir = run(make_config, tmp_path, "whole", *common)
     stopped, stopped_dir = run(
         make_config, tmp_path, "stopped", *common,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -92,3 +94,21 @@ def test_cli_writes_table_csv_and_figure(multirun, tmp_path, capsys):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such run or multirun folder"):
         write_report([tmp_path / "nope"], tmp_path)
+
+
+CALLBACK_WITHOUT_WANDB = """
+import sys
+from omegaconf import OmegaConf
+from cl_bench.report import ReportCallback
+config = {"hydra": {"sweep": {"dir": sys.argv[1]}}, "logger": {"_target_": "cl_bench.loggers.base.RunLogger"}}
+ReportCallback().on_multirun_end(OmegaConf.create(config))
+print("wandb imported:", "wandb" in sys.modules)
+"""
+
+
+def test_the_callback_writes_the_report_without_importing_wandb_unless_asked(multirun):
+    command = [sys.executable, "-c", CALLBACK_WITHOUT_WANDB, str(multirun)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| EWC |" in done.stdout and "wandb imported: False" in done.stdout
+    assert (multirun / "report.md").exists() and not (multirun / "wandb").exists()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torchvision.models import resnet18 as torchvision_resnet18
 
 from cl_bench.models.head import grow_head
 from cl_bench.models.resnet import resnet18
+from cl_bench.precision import device_model_options
 
 
 def test_forward_shapes_at_32px():
@@ -63,7 +65,13 @@ def test_channels_last_matches_default_layout():
     assert torch.allclose(fast(x), plain(x), atol=1e-4)
 
 
-def test_model_config_instantiates(make_config):
+def test_model_config_instantiates_channels_last_on_cuda_only(make_config):
     cfg = make_config("model=resnet18")
-    model = instantiate(cfg.model, input_shape=(3, 32, 32), n_outputs=4).eval()
+    assert cfg.model.channels_last == "auto"
+    assert device_model_options(cfg.model, torch.device("cuda")) == {"channels_last": True}
+    options = device_model_options(cfg.model, torch.device("cpu"))
+    model = instantiate(cfg.model, input_shape=(3, 32, 32), n_outputs=4, **options).eval()
+    assert not model.channels_last and model.features[0].weight.is_contiguous()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    with pytest.raises(InstantiationException, match="auto is resolved by the run"):
+        instantiate(cfg.model, input_shape=(3, 32, 32), n_outputs=4)

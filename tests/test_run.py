@@ -11,6 +11,7 @@ import torch
 
 from cl_bench.metrics import peak_score
 from cl_bench.run import run_experiment
+from cl_bench.validate import ConfigError, validate_config
 from tests.conftest import FAST
 
 
@@ -86,3 +87,27 @@ def test_class_il_grows_the_head_and_future_tasks_are_not_evaluated(make_config,
     head = torch.load(run_dir / "checkpoints" / "ckpt-000000060-002.pt", weights_only=True)["model"]["head.weight"]
     assert head.shape[0] == 10
     assert math.isnan(summary["val_accuracy_matrix"][0][1])
+
+
+def test_tasks_json_lists_every_tasks_classes_and_split_sizes(make_config, tmp_path):
+    _, run_dir = run(make_config, tmp_path)
+    tasks = json.loads((run_dir / "tasks.json").read_text())
+    assert [t["name"] for t in tasks] == ["split_sklearn_digits.0", "split_sklearn_digits.1"]
+    assert [t["classes"] for t in tasks] == [["0", "2", "4", "6", "8"], ["1", "3", "5", "7", "9"]]
+    assert all(set(t["split_sizes"]) == {"train", "val", "test"} and min(t["split_sizes"].values()) > 0 for t in tasks)
+    assert sum(sum(t["split_sizes"].values()) for t in tasks) == 1797  # every embedded digit, once
+    assert tasks[0]["input_shape"] == [1, 8, 8]
+
+
+def test_precision_fp32_is_auto_on_cpu_and_bf16_autocasts(make_config, tmp_path):
+    runs = {p: run(make_config, tmp_path, f"precision={p}", name=p) for p in ("auto", "fp32", "bf16")}
+    assert all(summary["status"] == "ok" for summary, _ in runs.values())
+    read = {p: pd.read_json(run_dir / "metrics.jsonl", lines=True) for p, (_, run_dir) in runs.items()}
+    pd.testing.assert_frame_equal(read["auto"], read["fp32"])
+    # bf16 changes the losses from task A on: its task-A model is not the cached fp32 one
+    first = lambda p: read[p].query("task == 0 and task_step > 0")["loss/task"].to_numpy()  # noqa: E731
+    assert not (first("bf16") == first("fp32")).any()
+    with pytest.raises(ConfigError, match="precision='fp16': choose one of auto, fp32, bf16"):
+        validate_config(make_config("precision=fp16"))
+    with pytest.raises(ConfigError, match="model.channels_last='yes'"):
+        validate_config(make_config("model=resnet18", "model.channels_last=yes"))

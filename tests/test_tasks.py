@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from cl_bench.data.sequences import build_task_sequence, permuted_tasks, split_tasks
 from cl_bench.data.sources import mnist, sklearn_digits
+from cl_bench.validate import ConfigError, validate_config
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +83,60 @@ def test_mnist_missing_files_name_the_files_and_folder(tmp_path):
         mnist(str(tmp_path))
     assert "train-images-idx3-ubyte" in str(error.value)
     assert str(tmp_path / "MNIST" / "raw") in str(error.value)
+
+
+def class_lists(tasks) -> list[list[str]]:
+    return [task.class_names for task in tasks]
+
+
+def test_random_class_order_is_seeded_keeps_sizes_and_fixed_is_unchanged(digits):
+    splits = [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+    assert class_lists(split_tasks(digits, splits, "s", class_order="fixed", order_seed=3)) == [
+        [str(c) for c in group] for group in splits
+    ]
+    orders = [class_lists(split_tasks(digits, splits, "s", class_order="random", order_seed=s)) for s in range(4)]
+    assert orders[1] == class_lists(split_tasks(digits, splits, "s", class_order="random", order_seed=1))
+    assert len({str(order) for order in orders}) > 1
+    for order in orders:
+        assert [len(group) for group in order] == [5, 5]
+        assert sorted(int(c) for group in order for c in group) == list(range(10))
+    first, _ = split_tasks(digits, splits, "s", class_order="random", order_seed=2)
+    digit_of_label = torch.tensor([int(c) for c in first.class_names])
+    # a task's label of a class is its position in the (shuffled) group
+    assert torch.equal(digits.test_y[torch.isin(digits.test_y, digit_of_label)], digit_of_label[first.test.y])
+
+
+def test_random_task_order_is_seeded_and_fixed_is_the_selection_order(make_config):
+    cfg = make_config("dataset=permuted_sklearn_digits", "dataset.permuted_sklearn_digits.n_tasks=4")
+    names = [f"permuted_sklearn_digits.{i}" for i in range(4)]
+
+    def order(task_order: str, seed: int) -> list[str]:
+        return [t.name for t in build_task_sequence(cfg.dataset, task_order, seed)]
+
+    assert order("fixed", 5) == names
+    assert order("random", 1) == order("random", 1)
+    assert len({tuple(order("random", seed)) for seed in range(4)}) > 1
+    assert all(sorted(order("random", seed)) == names for seed in range(4))
+
+
+def test_class_order_follows_the_run_seed(make_config):
+    orders = []
+    for seed in (0, 1):
+        cfg = make_config("dataset.split_sklearn_digits.class_order=random", f"seed={seed}")
+        orders.append(class_lists(build_task_sequence(cfg.dataset)))
+        splits = [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+        expected = split_tasks(sklearn_digits(), splits, "s", class_order="random", order_seed=seed)
+        assert orders[-1] == class_lists(expected)
+    assert orders[0] != orders[1]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("task_order=shuffled", "task_order='shuffled': choose one of fixed, random"),
+        ("dataset.split_sklearn_digits.class_order=sorted", "dataset.split_sklearn_digits.class_order='sorted'"),
+    ],
+)
+def test_unknown_orders_are_named_before_training(make_config, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(make_config(override))

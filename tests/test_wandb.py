@@ -87,19 +87,19 @@ def test_each_job_is_a_finished_offline_run_holding_rows_summary_and_figure(tmp_
         assert history[-1][val_last] == pytest.approx(rows[-1][val_last])
         assert {m.get("glob_name") for m in found["metric"]} >= {"val/*", "loss/*"}
 
-    publish = "from pathlib import Path; from omegaconf import OmegaConf; "
-    publish += "from cl_bench.loggers.wandb_report import publish_report; "
-    publish += f"publish_report(OmegaConf.load('{sweep}/multirun.yaml'), Path('{sweep}'))"
-    done = subprocess.run([sys.executable, "-c", publish], check=False, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    reports = offline_runs(sweep)
-    assert reports
-    for run in reports:
-        found = read_records(run)
-        assert found["run"][0]["job_type"] == "report"
-        table = json.loads((run / "files" / final_summary(found)["score_table.path"]).read_text())
-        techniques = {row[table["columns"].index("Technique")] for row in table["data"]}
-        assert techniques == {"Baseline", "Baseline (low lr)"}
+    (report,) = offline_runs(sweep)  # the multirun's callback logged its table in a run of its own
+    found = read_records(report)
+    (header,) = found["run"]
+    assert header["job_type"] == "report" and header["run_group"] == f"{sweep.parent.name}_{sweep.name}"
+    summary = final_summary(found)
+    assert summary["score_table._type"] == "table-file" and summary["comparison._type"] == "image-file"
+    table = json.loads((report / "files" / summary["score_table.path"]).read_text())
+    techniques = {row[table["columns"].index("Technique")] for row in table["data"]}
+    assert techniques == {"Baseline", "Baseline (low lr)"}
+    scores = {row[table["columns"].index("Technique")]: row[table["columns"].index("score")] for row in table["data"]}
+    by_lr = {json.loads((job / "summary.json").read_text())["lr"]: job for job in jobs}
+    expected = json.loads((by_lr[0.001] / "summary.json").read_text())["score"]
+    assert scores["Baseline"] == pytest.approx(expected)
 
 
 LOGGER_RUN = """

@@ -61,7 +61,9 @@ def _build(data: Path, meta: Path, paths: list[str], shape: tuple[int, int, int]
     with open(partial, "wb") as file:
         file.truncate(size)
     images = torch.from_file(str(partial), shared=True, size=size, dtype=torch.uint8).view(len(paths), *shape)
-    loader = DataLoader(_Decoding(paths, decode, shape), batch_size=64, num_workers=workers)
+    # a private generator: building the cache leaves the global random stream (model init) as reusing it does
+    loader = DataLoader(_Decoding(paths, decode, shape), batch_size=64, num_workers=workers,
+                        generator=torch.Generator())
     failed: dict[int, str] = {}
     start = 0
     for batch, errors in loader:

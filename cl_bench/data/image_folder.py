@@ -157,7 +157,9 @@ class ImageSplit:
         return self._finish(torch.stack(images), self.labels[index], False)
 
     def _loader(self, purpose: str, augment: bool) -> DataLoader:
-        """This split's persistent DataLoader for training or evaluation passes."""
+        """This split's persistent DataLoader for training or evaluation passes. Each pass draws its
+        workers' seed from the global random stream only when augmenting: otherwise reading the files
+        leaves that stream (the head growth of later tasks) as the decoded cache does."""
         if purpose not in self._loaders:
             workers = self.spec.workers
             self._loaders[purpose] = DataLoader(
@@ -166,6 +168,7 @@ class ImageSplit:
                 num_workers=workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=workers > 0,
+                generator=None if augment else torch.Generator(),
             )
         return self._loaders[purpose]
 

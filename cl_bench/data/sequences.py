@@ -1,5 +1,6 @@
 """Task builders over a labelled source: class splits (split MNIST) and pixel permutations
-(permuted MNIST), and the run's task sequence from the selected dataset configs."""
+(permuted MNIST), and the run's task sequence from the selected dataset configs. Task and class
+orders are as configured (`fixed`) or shuffled by a seed (`random`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,25 @@ from torch import Tensor
 from cl_bench.data.sources import LabelledImages, stratified_take
 from cl_bench.data.task import Task, TensorSplit
 
+ORDERS = ("fixed", "random")
+
+
+def ordering(n: int, order: str, seed: int, key: str) -> list[int]:
+    """Positions 0..n-1 as given (`fixed`) or shuffled by `seed` (`random`); `key` names the setting."""
+    if order not in ORDERS:
+        raise ValueError(f"{key}={order!r}: choose one of {', '.join(ORDERS)}")
+    if order == "fixed":
+        return list(range(n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def ordered_splits(splits: list[list[int]], class_order: str, order_seed: int, name: str) -> list[list[int]]:
+    """`splits`, or with `class_order=random` the same group sizes refilled with the classes shuffled."""
+    classes = [c for group in splits for c in group]
+    positions = ordering(len(classes), class_order, order_seed, f"dataset.{name}.class_order")
+    shuffled = iter([classes[i] for i in positions])
+    return [[next(shuffled) for _ in group] for group in splits]
+
 
 def _train_val(x: Tensor, y: Tensor, val_fraction: float, split_seed: int) -> tuple[TensorSplit, TensorSplit]:
     val = stratified_take(y, val_fraction, split_seed)
@@ -22,10 +42,17 @@ def _train_val(x: Tensor, y: Tensor, val_fraction: float, split_seed: int) -> tu
 
 
 def split_tasks(
-    source: LabelledImages, splits: list[list[int]], name: str, val_fraction: float = 0.1, split_seed: int = 0
+    source: LabelledImages,
+    splits: list[list[int]],
+    name: str,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    class_order: str = "fixed",
+    order_seed: int = 0,
 ) -> list[Task]:
     """One task per class list; a task's label of a class is its position in the list
-    (even digits then odd: label = digit // 2, seed 003)."""
+    (even digits then odd: label = digit // 2, seed 003). `class_order=random` deals the classes
+    to the tasks at random (seeded by `order_seed`), keeping the tasks' sizes."""
     classes = set(source.classes)
     seen: set[int] = set()
     for group in splits:
@@ -37,6 +64,7 @@ def split_tasks(
                 f"{sorted(classes)} (unknown: {unknown}, repeated: {sorted(set(repeated))})"
             )
         seen.update(group)
+    splits = ordered_splits(splits, class_order, order_seed, name)
     train, val = _train_val(source.train_x, source.train_y, val_fraction, split_seed)
     tasks = []
     for position, group in enumerate(splits):
@@ -95,8 +123,9 @@ def permuted_tasks(
     return tasks
 
 
-def build_task_sequence(datasets: DictConfig) -> list[Task]:
-    """The tasks of every selected dataset config, in the order they were selected."""
+def build_task_sequence(datasets: DictConfig, task_order: str = "fixed", seed: int = 0) -> list[Task]:
+    """The tasks of every selected dataset config, in the order they were selected (`fixed`) or
+    shuffled by `seed` (`random`)."""
     tasks: list[Task] = []
     for key, node in datasets.items():
         built = instantiate(node, name=key) if "name" not in node else instantiate(node)
@@ -104,4 +133,4 @@ def build_task_sequence(datasets: DictConfig) -> list[Task]:
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
-    return tasks
+    return [tasks[i] for i in ordering(len(tasks), task_order, seed, "task_order")]

@@ -59,6 +59,9 @@ class Method:
         split = ctx.tasks[ctx.task_idx].train
         return TrainData(split, torch.full((len(split),), ctx.task_idx, dtype=torch.long))
 
+    def check(self, tasks: list[Task]) -> None:
+        """Raise ConfigError, before any training, if the method's settings cannot work with `tasks`."""
+
     def before_task(self, ctx: TrainContext) -> None:
         """Called after the head has grown for the task, before its first step."""
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from cl_bench.data.task import Task
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.fisher import LABELS, diagonal_fisher
+from cl_bench.validate import ConfigError
 
 SCOPES = ("all", "last")
 MODES = ("separate", "online")
@@ -128,8 +130,18 @@ class EWC(Method):
         self.terms: list[Quadratic] = []
         self.fisher_counts: list[int] = []
 
+    def check(self, tasks: list[Task]) -> None:
+        """Every task whose Fisher a later task uses must hold `fisher_samples` training examples."""
+        for task in tasks[:-1]:
+            if self.fisher_samples > len(task.train):
+                raise ConfigError(
+                    f"method.fisher_samples={self.fisher_samples}: task {task.name!r} has only "
+                    f"{len(task.train)} training examples; choose at most {len(task.train)}"
+                )
+
     def importance(self, ctx: TrainContext) -> dict[str, Tensor]:
-        """F of the task that just ended, by trainable parameter name."""
+        """F of the task that just ended, by trainable parameter name (over all of its training
+        examples if it has fewer than `fisher_samples`: the runner's `check` refuses that case)."""
         split = ctx.tasks[ctx.task_idx].train
         count = min(self.fisher_samples, len(split))
         index = torch.randperm(len(split), generator=ctx.generator)[:count]

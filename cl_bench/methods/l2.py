@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cl_bench.data.task import Task
 from cl_bench.methods.base import TrainContext
 from cl_bench.methods.ewc import EWC
 
@@ -20,6 +21,9 @@ class L2(EWC):
 
     def __init__(self, lambda_: float = 0.1, scope: str = "all", mode: str = "separate", gamma: float = 1.0):
         super().__init__(lambda_, scope=scope, mode=mode, gamma=gamma)
+
+    def check(self, tasks: list[Task]) -> None:
+        """No Fisher, so no sample count to check."""
 
     def importance(self, ctx: TrainContext) -> dict[str, Tensor]:
         return {name: torch.ones_like(p) for name, p in ctx.model.named_parameters() if p.requires_grad}

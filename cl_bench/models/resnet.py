@@ -60,7 +60,10 @@ def resnet18(
     input_shape: tuple[int, ...], n_outputs: int, weights: str | None = None, channels_last: bool = False
 ) -> FeaturesHead:
     """ResNet-18 with a fresh `head` of `n_outputs` rows; `weights`: None (from scratch), "imagenet",
-    or a local state-dict path. Inputs of other than 3 channels ([C, H, W]) only from scratch."""
+    or a local state-dict path. Inputs of other than 3 channels ([C, H, W]) only from scratch.
+    `channels_last` is a bool: the run resolves the config's `auto` for its device."""
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"model.channels_last={channels_last!r}: true or false (auto is resolved by the run)")
     net = torchvision_resnet18(weights=None)
     channels = input_shape[0]
     if weights is not None:

@@ -1,0 +1,23 @@
+"""Numeric precision of the forward passes (`precision=`) and the device-dependent model options."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether forward passes run under bf16 autocast: `auto` on CUDA only, `bf16` everywhere."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def forward_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of the training and evaluation forward passes (disabled in fp32: a no-op)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))
+
+
+def device_model_options(model: DictConfig, device: torch.device) -> dict:
+    """Model options given as `auto`, resolved for `device`: `channels_last` on CUDA only."""
+    return {"channels_last": device.type == "cuda"} if model.get("channels_last") == "auto" else {}
