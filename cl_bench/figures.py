@@ -50,7 +50,8 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
             axes.axvline(start, color="grey", linestyle="--", linewidth=0.8)
     axes.set(xlabel="training step", ylabel="validation accuracy (%)", title=title, ylim=(0, 100))
     axes.legend(loc="lower left", fontsize="small")
-    figure.tight_layout()
+    # the margins tight_layout computes for this fixed design (y ticks 0-100), without its extra draw pass
+    figure.subplots_adjust(left=0.103, right=0.975, bottom=0.147, top=0.909)
     figure.savefig(path, dpi=120)
 
 

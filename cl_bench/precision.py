@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from omegaconf import DictConfig
 
@@ -13,9 +15,12 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
-def forward_autocast(precision: str, device: torch.device) -> torch.autocast:
-    """The autocast context of the training and evaluation forward passes (disabled in fp32: a no-op)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))
+def forward_autocast(precision: str, device: torch.device) -> torch.autocast | contextlib.nullcontext:
+    """The autocast context of the training and evaluation forward passes; in fp32 a null context
+    (entering even a disabled torch.autocast costs ~6 µs, at every training step)."""
+    if not uses_bf16(precision, device):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def device_model_options(model: DictConfig, device: torch.device) -> dict:

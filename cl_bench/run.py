@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from cl_bench.checkpoint import CheckpointDir, load_checkpoint, write_json
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.data.task import Task
-from cl_bench.figures import plot_curves
+from cl_bench.figure_worker import CurveFigure
 from cl_bench.first_task_cache import FirstTaskCache, first_task_key
 from cl_bench.methods.build import build_method
 from cl_bench.models.head import grow_head
@@ -140,15 +140,17 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict) ->
     summary.update(result_summary(metrics.rows, tasks, result))
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+def run_experiment(cfg: DictConfig, run_dir: Path, figure: CurveFigure | None = None) -> dict:
     """Train the configured sequence in `run_dir` (or resume it); returns the summary, whose status
-    says whether it failed. Whatever was computed stays in the run folder."""
+    says whether it failed. Whatever was computed stays in the run folder. `figure` draws the curve
+    figure (one is started here if not given: `cl-bench` starts it before importing torch)."""
     started = time.perf_counter()
     summary: dict = {"status": "running"}
     cfg, run_dir = resumed_config(cfg, run_dir)
     summary.update(describe(cfg))
     logger = instantiate(cfg.logger)
     metrics = MetricsLog(run_dir / METRICS_FILE, listeners=[logger.log_row])
+    figure = figure or CurveFigure()  # its helper imports matplotlib while this process works
     try:
         logger.start(cfg, run_dir)
         train(cfg, run_dir, metrics, summary)
@@ -167,7 +169,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         write_json(summary, run_dir / SUMMARY_FILE)
         if metrics.rows:
             write_metrics_csv(metrics.rows, run_dir / METRICS_CSV)  # the rows in memory: no re-read, no pandas
-            plot_curves(metrics.rows, run_dir / "curves.png", f"{summary['method']} (lr={summary['lr']:g})")
+            figure.draw(metrics.rows, run_dir / "curves.png", f"{summary['method']} (lr={summary['lr']:g})")
+        figure.close()
         logger.finish(summary, run_dir)
     return summary
 

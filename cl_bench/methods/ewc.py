@@ -29,13 +29,16 @@ class Quadratic:
     constant: float = 0.0
 
     def value(self, params: dict[str, Tensor]) -> Tensor:
-        total = 0.0
+        total = None  # no `0.0 +` and no `+ 0.0`: the same value in fewer ops on every training step
         for name, f in self.fisher.items():
             diff = _stored_part(params, name, f) - self.center[name]
             if name in self.center_low:
                 diff = diff - self.center_low[name]
-            total = total + (f * diff.square()).sum()
-        return total + self.constant
+            term = (f * diff.square()).sum()
+            total = term if total is None else total + term
+        if total is None:
+            return torch.tensor(self.constant)
+        return total + self.constant if self.constant else total
 
     def scaled(self, factor: float) -> Quadratic:
         fisher = {name: f * factor for name, f in self.fisher.items()}
@@ -72,6 +75,8 @@ def _stored_part(params: dict[str, Tensor], name: str, stored: Tensor) -> Tensor
         raise ValueError(
             f"parameter {name!r} has shape {tuple(p.shape)}, smaller than its stored {tuple(stored.shape)}"
         )
+    if p.shape == stored.shape:
+        return p  # the whole parameter (no view: one op less forward and backward per step)
     return p[tuple(slice(0, n) for n in stored.shape)]
 
 
@@ -174,7 +179,11 @@ class EWC(Method):
         if not self.terms:
             return None
         params = dict(ctx.model.named_parameters())
-        return sum(term.value(params) for term in self.terms)
+        values = [term.value(params) for term in self.terms]
+        total = values[0]
+        for value in values[1:]:
+            total = total + value
+        return total
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
         penalty = self.penalty(ctx)

@@ -118,13 +118,17 @@ class KD(Method):
             return {}
         old, weight = self._teacher_logits(ctx, batch)
         losses = distillation_losses(logits, old, ctx.scenario.old_output_groups(ctx.task_idx), self.T)
-        loss = (losses * weight).sum() / weight.sum().clamp(min=1)
+        if weight is None:  # every example weighs 1: the same value as the weighted mean, in fewer ops
+            loss = losses.sum() / len(losses)
+        else:
+            loss = (losses * weight).sum() / weight.sum().clamp(min=1)
         scale = self.kappa * self.T**2 if self.t_squared else self.kappa
         return {"kd": scale * loss}
 
-    def _teacher_logits(self, ctx: TrainContext, batch: Batch) -> tuple[Tensor, Tensor]:
+    def _teacher_logits(self, ctx: TrainContext, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """The teacher's old-unit logits for every example of the batch and each example's weight
-        (1 for examples of the task's split, 0 for examples a method added); no host sync."""
+        (1 for examples of the task's split, 0 for examples a method added; None when recorded
+        outputs are used, which requires every example to be the split's own); no host sync."""
         own = batch.index >= 0
         if self.recorded_task == ctx.task_idx:
             torch._assert_async(
@@ -133,7 +137,7 @@ class KD(Method):
                 "mechanism); their teacher outputs were never recorded: use method.teacher=live",
             )
             self.recorded = self.recorded.to(ctx.device)
-            return self.recorded[batch.index], own.float()
+            return self.recorded[batch.index], None
         with torch.inference_mode():
             old = self._live_teacher(ctx)(batch.x)
         return old, own.float()
