@@ -17,13 +17,7 @@ from cl_bench.models.resnet import resnet18
 from cl_bench.scenario import Scenario
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and lose much when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class OddConvNet(nn.Module):
