@@ -19,18 +19,21 @@ RECORD_BATCH_SIZE = 1024
 
 
 def distillation_losses(student: Tensor, teacher: Tensor, groups: list[slice], T: float) -> Tensor:
-    """Per-example Σ over groups of H(softmax(teacher/T), softmax(student/T)) on the group's units.
-    A group of every unit (domain-IL's shared head) takes no slice: fewer ops forward and backward."""
+    """Per-example Σ over groups of H(softmax(teacher/T), softmax(student/T)) on the group's units."""
     total = None
     for units in groups:
-        if units.indices(student.shape[1]) != (0, student.shape[1], 1):
-            student_units, teacher_units = student[:, units], teacher[:, units]
-        else:
-            student_units, teacher_units = student, teacher
-        target = F.softmax(teacher_units / T, dim=1)
-        loss = -(target * F.log_softmax(student_units / T, dim=1)).sum(1)
+        target = F.softmax(_columns(teacher, units) / T, dim=1)
+        loss = -(target * F.log_softmax(_columns(student, units) / T, dim=1)).sum(1)
         total = loss if total is None else total + loss
     return student.new_zeros(len(student)) if total is None else total
+
+
+def _columns(logits: Tensor, units: slice) -> Tensor:
+    """`logits[:, units]`, or `logits` itself when `units` is every column (domain-IL's shared head):
+    no slice op and no slice backward on every step."""
+    if units.indices(logits.shape[1]) == (0, logits.shape[1], 1):
+        return logits
+    return logits[:, units]
 
 
 def old_model_state(model: nn.Module, n_old_units: int) -> dict[str, Tensor]:
