@@ -33,15 +33,22 @@ def _figure(**options):
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
-    """One line per task's val accuracy against the step, task boundaries as dashed vertical lines;
-    `rows` are the run's metrics rows (a missing or None accuracy is a gap)."""
+    """One line per task's val accuracy against the step (class-IL: the task-aware accuracy dotted
+    in the same colour), task boundaries as dashed vertical lines; `rows` are the run's metrics rows
+    (a missing or None accuracy is a gap)."""
     figure = _figure(figsize=(7, 4))
     axes = figure.subplots()
     columns = list(dict.fromkeys(k for row in rows for k in row if k.startswith("val/")))
     steps = [row["step"] for row in rows]
+
+    def percent(column: str) -> list[float]:
+        return [math.nan if row.get(column) is None else 100 * row[column] for row in rows]
+
     for letter, column in zip(task_letters(len(columns)), columns):
-        values = [row.get(column) for row in rows]
-        axes.plot(steps, [math.nan if v is None else 100 * v for v in values], label=f"task {letter}: {column[4:]}")
+        (line,) = axes.plot(steps, percent(column), label=f"task {letter}: {column[4:]}")
+        aware = "val_task_aware/" + column[4:]
+        if aware in rows[-1]:
+            axes.plot(steps, percent(aware), color=line.get_color(), linestyle=":", label=f"task {letter}, task-aware")
     starts: dict[int, int] = {}
     for row in rows:
         starts[row["task"]] = min(starts.get(row["task"], row["step"]), row["step"])

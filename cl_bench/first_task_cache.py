@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.checkpoint import load_checkpoint, save_checkpoint
 from cl_bench.metrics_log import MetricsLog
-from cl_bench.trainer import SequenceResult, Trainer
+from cl_bench.trainer import STATE_FORMAT, SequenceResult, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def first_task_key(cfg: DictConfig, device_type: str) -> str:
         stat = Path(cfg.init_from).expanduser().stat()
         fields["init_file"] = [stat.st_size, stat.st_mtime_ns]
     fields["device"] = device_type
+    fields["format"] = STATE_FORMAT  # what the entry holds (since 0.2: the optimiser's state too)
     text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -29,7 +29,7 @@ from cl_bench.precision import device_model_options
 from cl_bench.provenance import device_description, git_state, resolve_device, versions
 from cl_bench.scenario import Scenario
 from cl_bench.summary import SUMMARY_FILE, result_summary
-from cl_bench.trainer import StopRequested, Trainer
+from cl_bench.trainer import IncompatibleState, StopRequested, Trainer
 from cl_bench.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,14 @@ def resumed_config(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path]:
     saved = folder / ".hydra" / "config.yaml"
     if not saved.exists():
         raise FileNotFoundError(f"resume={cfg.resume}: no run folder there ({saved} is missing)")
+    config = OmegaConf.load(saved)
+    if "optimizer_state" not in config:
+        raise IncompatibleState(
+            f"resume={cfg.resume}: this run was made by cl_bench 0.1, whose settings meant something else (each "
+            f"task started a fresh optimiser; EWC's mode=online was today's mode=sum); start a new run instead"
+        )
     log.info("resuming %s (this invocation's own folder %s stays empty)", folder, run_dir)
-    return OmegaConf.load(saved), folder
+    return config, folder
 
 
 @contextmanager
@@ -137,7 +143,7 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict) ->
     with stop_on_signals(trainer):
         result = trainer.run(first_task)
     summary["first_task_cached"] = bool(first_task and first_task.hit)
-    summary.update(result_summary(metrics.rows, tasks, result))
+    summary.update(result_summary(metrics.rows, tasks, result, cfg.accuracy))
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, figure: CurveFigure | None = None) -> dict:

@@ -77,9 +77,10 @@ class Scenario:
         """Mean cross-entropy of the examples' labels under the scenario's softmax."""
         return F.cross_entropy(self.restrict(logits, task_ids), self.targets(y, task_ids))
 
-    def predict(self, logits: Tensor, task_idx: int) -> Tensor:
-        """Predicted output unit for examples of task `task_idx`."""
-        if self.name == "task":
+    def predict(self, logits: Tensor, task_idx: int, task_aware: bool = False) -> Tensor:
+        """Predicted output unit for examples of task `task_idx`: within the task's own units in
+        task-IL (and when `task_aware`), else over the whole head."""
+        if self.name == "task" or task_aware:
             units = self.task_units(task_idx)
             return logits[:, units].argmax(1) + units.start
         return logits.argmax(1)

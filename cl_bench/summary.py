@@ -1,18 +1,20 @@
-"""The run's `summary.json`: status, Score and its parts, the accuracy matrix and the run's cost."""
+"""The run's `summary.json`: status, Score and its parts, the accuracy matrices and the run's cost."""
 
 from __future__ import annotations
 
 from cl_bench.data.task import Task
+from cl_bench.evaluation import ROW_PREFIX
 from cl_bench.metrics import average_final_accuracy, backward_transfer, forgetting, peak_score, task_letters
 from cl_bench.trainer import SequenceResult
 
 SUMMARY_FILE = "summary.json"
 
 
-def score_summary(rows: list[dict], tasks: list[Task]) -> dict:
-    """Score over the evaluation rows of the last task (its step 0 included), by task letter."""
+def score_summary(rows: list[dict], tasks: list[Task], accuracy: str) -> dict:
+    """Score of the `accuracy` kind over the evaluation rows of the last task (its step 0 included),
+    by task letter."""
     letters = task_letters(len(tasks))
-    curves = [[row[f"val/{t.name}"] for t in tasks] for row in rows]
+    curves = [[row[f"val{ROW_PREFIX[accuracy]}/{t.name}"] for t in tasks] for row in rows]
     window_start = next(i for i, row in enumerate(rows) if row["task"] == len(tasks) - 1)
     score = peak_score(curves, window_start, [row["step"] for row in rows])
     return {
@@ -22,24 +24,36 @@ def score_summary(rows: list[dict], tasks: list[Task]) -> dict:
     }
 
 
-def result_summary(rows: list[dict], tasks: list[Task], result: SequenceResult) -> dict:
-    """Every figure of a finished sequence, ready for JSON."""
+def result_summary(rows: list[dict], tasks: list[Task], result: SequenceResult, accuracy: str) -> dict:
+    """Every figure of a finished sequence, ready for JSON; Score, test Score, matrices and the
+    summaries of the accuracy matrix follow the `accuracy` kind (class-IL keeps both kinds' matrices
+    under `accuracy_matrices`)."""
     letters = task_letters(len(tasks))
-    summary = score_summary(rows, tasks)
-    summary["score_test"] = sum(result.best_test) / len(result.best_test)
-    summary["score_test_k"] = dict(zip(letters, result.best_test))
-    forgot = forgetting(result.test_matrix)
+    summary = {"accuracy": accuracy, **score_summary(rows, tasks, accuracy)}
+    best_test = result.best_test[accuracy]
+    test_matrix, val_matrix = result.test_matrix[accuracy], result.val_matrix[accuracy]
+    summary["score_test"] = sum(best_test) / len(best_test)
+    summary["score_test_k"] = dict(zip(letters, best_test))
+    forgot = forgetting(test_matrix)
     summary.update(
         {
-            "accuracy_matrix": result.test_matrix,
-            "val_accuracy_matrix": result.val_matrix,
-            "average_final_accuracy": average_final_accuracy(result.test_matrix),
+            "accuracy_matrix": test_matrix,
+            "val_accuracy_matrix": val_matrix,
+            "average_final_accuracy": average_final_accuracy(test_matrix),
+            "average_final_val_accuracy": average_final_accuracy(val_matrix),
+            "final_accuracy_k": dict(zip(letters, test_matrix[-1])),
             "forgetting": dict(zip(letters, forgot)),
             "average_forgetting": sum(forgot) / len(forgot) if forgot else 0.0,
-            "bwt": backward_transfer(result.test_matrix),
+            "bwt": backward_transfer(test_matrix),
             "train_steps": result.train_steps,
             "steps_per_s": result.train_steps / result.train_seconds if result.train_seconds else None,
             "eval_seconds": result.eval_seconds,
         }
     )
+    if len(result.test_matrix) > 1:
+        summary["accuracy_matrices"] = {
+            kind: {"test": result.test_matrix[kind], "val": result.val_matrix[kind],
+                   "score": score_summary(rows, tasks, kind)["score"]}
+            for kind in result.test_matrix
+        }
     return summary

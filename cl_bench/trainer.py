@@ -17,11 +17,12 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
+import cl_bench
 from cl_bench.data.task import Task
-from cl_bench.evaluation import accuracies
+from cl_bench.evaluation import ROW_PREFIX, accuracies
 from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
-from cl_bench.models.head import grow_head
-from cl_bench.optim import build_optimizer
+from cl_bench.models.head import grow_head, reset_parameters
+from cl_bench.optim import build_optimizer, carried_optimizer
 from cl_bench.precision import forward_autocast
 from cl_bench.scenario import Scenario
 
@@ -34,13 +35,22 @@ class StopRequested(RuntimeError):
     """A signal asked the run to stop; its state was checkpointed first."""
 
 
+class IncompatibleState(ValueError):
+    """A checkpoint written by a cl_bench whose settings meant something else."""
+
+
+# Checkpoints (and task-A cache entries) are read only by the cl_bench version that wrote them
+# up to this prefix: 0.2 carries the optimiser across tasks by default and renamed EWC's modes.
+STATE_FORMAT = ".".join(cl_bench.__version__.split(".")[:2])
+
+
 @dataclass
 class SequenceResult:
-    """What a sequence leaves behind besides its metrics rows."""
+    """What a sequence leaves behind besides its metrics rows; accuracies by kind (`evaluation`)."""
 
-    val_matrix: list[list[float]] = field(default_factory=list)
-    test_matrix: list[list[float]] = field(default_factory=list)
-    best_test: list[float] = field(default_factory=list)
+    val_matrix: dict[str, list[list[float]]] = field(default_factory=dict)
+    test_matrix: dict[str, list[list[float]]] = field(default_factory=dict)
+    best_test: dict[str, list[float]] = field(default_factory=dict)
     train_steps: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -75,15 +85,17 @@ class EvaluationCache:
 
     def __init__(self) -> None:
         self.state: dict[str, Tensor] | None = None
-        self.results: dict[str, list[float]] = {}
+        self.results: dict[str, dict[str, list[float]]] = {}
 
-    def accuracies(self, state: dict[str, Tensor], split: str, compute: Callable[[], list[float]]) -> list[float]:
+    def accuracies(
+        self, state: dict[str, Tensor], split: str, compute: Callable[[], dict[str, list[float]]]
+    ) -> dict[str, list[float]]:
         """`split`'s accuracies under `state`, computed only if this state's are not held yet."""
         if self.state is None or not same_state(self.state, state):
             self.state, self.results = {k: v.detach().clone() for k, v in state.items()}, {}
         if split not in self.results:
             self.results[split] = compute()
-        return list(self.results[split])
+        return {kind: list(values) for kind, values in self.results[split].items()}
 
 
 def same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
@@ -98,7 +110,7 @@ class TaskRun:
     task_idx: int
     steps: int
     data: TrainData
-    optimizer: torch.optim.Optimizer
+    task_weight: float
     indices: list[Tensor]
     sampler_state: Tensor
     step: int = 0
@@ -139,7 +151,10 @@ class Trainer:
         self.rows_logged = 0
         self.next_task = 0
         self.current: TaskRun | None = None
-        self.last_val: list[float] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.carry_optimizer = cfg.optimizer_state == "carry"
+        self.primary = cfg.accuracy  # the accuracy kind the Score and the best-model snapshot follow
+        self.last_val: dict[str, list[float]] = {}
         self.best: tuple[float, dict[str, Tensor]] | None = None
         self.evaluations = EvaluationCache()
         self.best_results: dict[str, list[float]] = {}  # the cache's results of the best state, filled as it goes
@@ -164,27 +179,41 @@ class Trainer:
         return self.result
 
     def start_task(self, task_idx: int) -> TaskRun:
-        """Grow the head, let the method prepare, draw the task's batches; evaluate at step 0."""
+        """Grow the head (or restart the model, for a method that asks), let the method prepare,
+        set up the optimiser, draw the task's batches; evaluate at step 0."""
         grow_head(self.model, self.scenario.n_outputs(task_idx))
+        if task_idx > 0 and self.method.restart_model:
+            reset_parameters(self.model)
+            self.optimizer = None
         ctx = self.context(task_idx)
         self.method.before_task(ctx)
+        self._task_optimizer(task_idx)
         run = self._task_run(task_idx, self.sampler_generator.get_state())
         self.current = run
         self.evaluate(task_idx, 0, {})
         return run
 
+    def _task_optimizer(self, task_idx: int) -> None:
+        """The optimiser of a task that starts: the previous one's state carried over (the head's
+        added units with zero state), or a new one; at the task's learning rate."""
+        lr = self.cfg.first_task.lr if task_idx == 0 else self.cfg.lr
+        if self.optimizer is not None and self.carry_optimizer:
+            self.optimizer = carried_optimizer(self.optimizer, self.cfg.optimizer, self.model, lr)
+        else:
+            self.optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters(), lr)
+
     def _task_run(self, task_idx: int, sampler_state: Tensor) -> TaskRun:
-        """The task's data, budget, fresh optimiser and batches (drawn from `sampler_state`)."""
-        data = self.method.train_data(self.context(task_idx))
+        """The task's data, budget, task-loss weight and batches (drawn from `sampler_state`)."""
+        ctx = self.context(task_idx)
+        data = self.method.train_data(ctx)
         budget = self.cfg.first_task if task_idx == 0 else self.cfg
         steps = task_steps(budget, len(data.split), self.cfg.batch_size)
-        lr = self.cfg.first_task.lr if task_idx == 0 else self.cfg.lr
-        optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters(), lr)
         self.sampler_generator.set_state(sampler_state)
         indices = list(index_batches(len(data.split), self.cfg.batch_size, steps, self.sampler_generator))
         data = TrainData(data.split, data.task_ids.to(self.device))
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        return TaskRun(task_idx, steps, data, optimizer, indices, sampler_state, nonfinite=nonfinite)
+        weight = self.method.task_loss_weight(ctx)
+        return TaskRun(task_idx, steps, data, weight, indices, sampler_state, nonfinite=nonfinite)
 
     def train_task(self, task_idx: int) -> None:
         """Train task `task_idx` to the end of its budget (continuing a resumed task)."""
@@ -197,18 +226,20 @@ class Trainer:
             disable=None, mininterval=1.0,
         )
         remaining = run.indices[run.step :]
+        optimizer, task_weight = self.optimizer, run.task_weight
         started = time.perf_counter()
         for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
             index = index.to(self.device)
             batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index))
             with self.autocast:
                 logits = self.model(batch.x)
-                terms = {"task": self.scenario.loss(logits, batch.y, batch.task_ids)}
+                task_loss = self._task_loss(logits, batch, len(y))
+                terms = {"task": task_loss if task_weight == 1 else task_weight * task_loss}
                 terms.update(self.method.loss_terms(ctx, batch, logits))
             loss = reduce(operator.add, terms.values())
-            run.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            run.optimizer.step()
+            optimizer.step()
             terms["total"] = loss
             for name, value in terms.items():  # running sums on the device, read at evaluation
                 run.sums[name] = run.sums[name] + value.detach() if name in run.sums else value.detach().to(self.sum_dtype)
@@ -234,6 +265,13 @@ class Trainer:
                 started = time.perf_counter()
         progress.close()
 
+    def _task_loss(self, logits: Tensor, batch: Batch, n_own: int) -> Tensor:
+        """Mean cross-entropy of the task's own examples: the batch's first `n_own` (a method that
+        extends the batch, such as replay, adds its examples after them and weighs them itself)."""
+        if len(batch.y) == n_own:
+            return self.scenario.loss(logits, batch.y, batch.task_ids)
+        return self.scenario.loss(logits[:n_own], batch.y[:n_own], batch.task_ids[:n_own])
+
     def _check_finite(self, run: TaskRun) -> None:
         """Raise if a step's loss was NaN or infinite since the last evaluation. The running sum of the
         total loss is non-finite exactly when one was (in float64 finite float32 losses cannot overflow
@@ -250,13 +288,15 @@ class Trainer:
     def finish_task(self, task_idx: int) -> None:
         """After-task hook, accuracy-matrix rows, and a checkpoint of the finished task."""
         self.method.after_task(self.context(task_idx))
-        self.result.val_matrix.append(self.last_val)
-        self.result.test_matrix.append(self._timed_accuracies(self.model, "test"))
+        tested = self._timed_accuracies(self.model, "test")
+        for kind, values in self.last_val.items():
+            self.result.val_matrix.setdefault(kind, []).append(values)
+            self.result.test_matrix.setdefault(kind, []).append(tested[kind])
         self.current = None
         self.next_task = task_idx + 1
         self.on_checkpoint(self.state_dict())
 
-    def _timed_accuracies(self, model: nn.Module, split: str) -> list[float]:
+    def _timed_accuracies(self, model: nn.Module, split: str) -> dict[str, list[float]]:
         """Every task's accuracy on `split` (read back if this model state's are held), timed."""
         started = time.perf_counter()
         with self.autocast:
@@ -269,24 +309,26 @@ class Trainer:
         return result
 
     def evaluate(self, task_idx: int, task_step: int, losses: dict[str, float]) -> None:
-        """Every task's val accuracy now; keeps a snapshot of the best model of the Score window."""
+        """Every task's val accuracies now; keeps a snapshot of the best model of the Score window."""
         self.last_val = self._timed_accuracies(self.model, "val")
         row = {"step": self.global_step, "task": task_idx, "task_step": task_step}
-        row.update({f"val/{t.name}": acc for t, acc in zip(self.tasks, self.last_val)})
+        for kind, values in self.last_val.items():
+            row.update({f"val{ROW_PREFIX[kind]}/{t.name}": acc for t, acc in zip(self.tasks, values)})
         row.update({f"loss/{name}": value for name, value in losses.items()})
         if task_idx == len(self.tasks) - 1:
-            mean = sum(self.last_val) / len(self.last_val)
+            primary = self.last_val[self.primary]
+            mean = sum(primary) / len(primary)
             if self.best is None or mean > self.best[0]:
                 self.best = (mean, self.evaluations.state)  # the cache's snapshot of this very state
                 self.best_results = self.evaluations.results
         self.rows_logged += 1
         self.on_eval(row)
 
-    def _best_model_test(self) -> list[float]:
+    def _best_model_test(self) -> dict[str, list[float]]:
         """Test accuracies of the model at the Score's evaluation point (those of a task's end when
         the model did not change from that point to the task's end)."""
         if "test" in self.best_results:
-            return list(self.best_results["test"])
+            return {kind: list(values) for kind, values in self.best_results["test"].items()}
         best_model = copy.deepcopy(self.model)
         best_model.load_state_dict(self.best[1])
         return self._timed_accuracies(best_model, "test")
@@ -294,6 +336,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything needed to continue this sequence exactly (tensors and plain values only)."""
         state = {
+            "format": STATE_FORMAT,
             "next_task": self.next_task,
             "global_step": self.global_step,
             "rows_logged": self.rows_logged,
@@ -305,6 +348,7 @@ class Trainer:
             "result": asdict(self.result),
             "last_val": self.last_val,
             "best": None if self.best is None else {"mean": self.best[0], "model": self.best[1]},
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "task": None,
         }
         if self.current is not None:
@@ -316,12 +360,17 @@ class Trainer:
                 "sums": run.sums,
                 "nonfinite": run.nonfinite,
                 "sampler_state": run.sampler_state,
-                "optimizer": run.optimizer.state_dict(),
             }
         return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`: the model's head is grown to the size the state holds."""
+        if state.get("format") != STATE_FORMAT:
+            raise IncompatibleState(
+                f"this state was written by cl_bench {state.get('format', '0.1 or older')}, whose settings meant "
+                f"something else (before 0.2 each task started a fresh optimiser and EWC's mode=online was today's "
+                f"mode=sum); cl_bench {STATE_FORMAT} does not continue it: start a new run folder"
+            )
         self.next_task = state["next_task"]
         self.global_step = state["global_step"]
         self.rows_logged = state["rows_logged"]
@@ -333,10 +382,13 @@ class Trainer:
         self.best = None if state["best"] is None else (state["best"]["mean"], state["best"]["model"])
         self.best_results = {}
         self.method_generator.set_state(state["method_rng"])
+        self.optimizer = None
+        if state["optimizer"] is not None:
+            self.optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters(), self.cfg.lr)
+            self.optimizer.load_state_dict(state["optimizer"])
         task = state["task"]
         if task is not None:
             run = self._task_run(task["task_idx"], task["sampler_state"])
-            run.optimizer.load_state_dict(task["optimizer"])
             run.step, run.since, run.sums = task["step"], task["since"], task["sums"]
             run.nonfinite = task["nonfinite"].to(self.device)
             self.current = run

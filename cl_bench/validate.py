@@ -5,6 +5,8 @@ from __future__ import annotations
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_bench.data.sequences import ORDERS
+from cl_bench.evaluation import ACCURACIES, TASK_AWARE
+from cl_bench.optim import OPTIMIZER_STATES
 from cl_bench.precision import PRECISIONS
 from cl_bench.scenario import SCENARIOS
 
@@ -72,6 +74,12 @@ def validate_config(cfg: DictConfig) -> None:
     if not cfg.dataset:
         raise ConfigError("dataset=[]: select at least one dataset, e.g. dataset=[split_sklearn_digits]")
     _orders(cfg)
+    if cfg.optimizer_state not in OPTIMIZER_STATES:
+        raise ConfigError(f"optimizer_state={cfg.optimizer_state!r}: choose one of {', '.join(OPTIMIZER_STATES)}")
+    if cfg.accuracy not in ACCURACIES:
+        raise ConfigError(f"accuracy={cfg.accuracy!r}: choose one of {', '.join(ACCURACIES)}")
+    if cfg.accuracy == TASK_AWARE and cfg.scenario == "domain":
+        raise ConfigError("accuracy=task_aware: domain-IL has one shared label space; use accuracy=scenario")
     if cfg.threads is not None:
         _positive(cfg, "threads", int)
     if cfg.precision not in PRECISIONS:

@@ -6,19 +6,21 @@
 #
 #   scripts/sweeps.sh TABLE [cl-bench overrides...]
 #
-# TABLE       reproduces                                                          jobs
-# two_cities  seed 000: Baseline, EWC, KD at lr 1e-3 and 1e-4 (six rows)           6
-# seed003     seed 003's split MNIST: Joint, Baseline (naive), L2, EWC             4 rows x 3 seeds
-# seed004     seed 004's permuted MNIST: no penalty, EWC on all earlier tasks,
-#             EWC on the last one only                                            3 rows x 3 seeds
-# van_de_ven  van de Ven's split MNIST (5 tasks x 2 digits, MLP 2x400, 2000
-#             iterations a task): None, Offline, EWC, LwF, Replay; task-/domain-IL 10 x 3 seeds
+# TABLE         reproduces                                                         jobs
+# two_cities    the Striveworks "two cities" post: Baseline, EWC, KD at lr 1e-3
+#               and 1e-4 (six rows)                                                6
+# ewc_tutorial  the split-MNIST EWC tutorial: Joint, Naive, L2, EWC                 4 rows x 3 seeds
+# sorberg       Sörberg's permuted MNIST: no penalty, EWC on all earlier tasks,
+#               EWC on the last one only                                           3 rows x 3 seeds
+# van_de_ven    van de Ven & Tolias's split MNIST (5 tasks x 2 digits, MLP 2x400,
+#               2000 iterations a task): None, Offline, EWC, Online EWC, LwF;
+#               task-/domain-IL                                                    10 x 3 seeds
 set -euo pipefail
 
 case "${1:-}" in
   two_cities) experiment=two_cities ;;
-  seed003) experiment=seed003_split_mnist ;;
-  seed004) experiment=seed004_permuted_mnist ;;
+  ewc_tutorial) experiment=ewc_tutorial_split_mnist ;;
+  sorberg) experiment=sorberg_permuted_mnist ;;
   van_de_ven) experiment=van_de_ven_split_mnist ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | cut -c3- >&2; exit 2 ;;
 esac

@@ -99,13 +99,13 @@ def test_no_term_before_the_first_task_has_ended():
 
 @pytest.mark.parametrize("gamma", [1.0, 0.5])
 @pytest.mark.parametrize("scenario", ["class", "domain"])
-def test_online_sums_equal_the_sum_of_separate_penalties_in_value_and_gradient(scenario, gamma):
+def test_running_sums_equal_the_sum_of_separate_penalties_in_value_and_gradient(scenario, gamma):
     seq = Sequence(scenario, n_tasks=4)
     separate = EWC(fisher_samples=100, fisher_label="expected", gamma=gamma)
-    online = EWC(fisher_samples=100, fisher_label="expected", gamma=gamma, mode="online")
-    ctx = seq.run([separate, online], 3)
-    assert len(separate.terms) == 3 and len(online.terms) == 1
-    a, b = term(separate, ctx), term(online, ctx)
+    summed = EWC(fisher_samples=100, fisher_label="expected", gamma=gamma, mode="sum")
+    ctx = seq.run([separate, summed], 3)
+    assert len(separate.terms) == 3 and len(summed.terms) == 1
+    a, b = term(separate, ctx), term(summed, ctx)
     assert torch.allclose(a, b, rtol=1e-10)
     for ga, gb in zip(grads(a, seq.model), grads(b, seq.model)):
         assert torch.allclose(ga, gb, rtol=1e-9, atol=1e-14)
@@ -126,13 +126,39 @@ def test_decay_weighs_each_task_by_gamma_to_its_age():
     assert torch.allclose(term(decayed, ctx), expected, rtol=1e-10)
 
 
-def test_online_stays_accurate_in_float32_near_the_anchors():
+def test_online_is_schwarz_et_al_running_fisher_at_the_latest_anchor():
+    """F̃ ← γ·F̃ + F_k at the end of task k, one anchor θ*_k: after three tasks the penalty is
+    λ·Σ (γ²F_1 + γF_2 + F_3)(θ − θ*_3)², F_k the per-sample-loop Fisher over all of task k."""
+    seq = Sequence("class", n_tasks=4)
+    online = EWC(lambda_=2.0, fisher_samples=None, gamma=0.5, mode="online")
+    fishers = []
+    for t in range(3):
+        ctx = seq.start(t)
+        seq.nudge()
+        fishers.append(diagonal_fisher_loop(seq.model, seq.tasks[t].train, torch.arange(12), t, seq.scenario, "true", 5))
+        anchor = {name: p.detach().clone() for name, p in seq.model.named_parameters()}
+        online.after_task(ctx)
+    ctx = seq.start(3)
+    seq.nudge()
+    params = dict(seq.model.named_parameters())
+    expected = 0
+    for name, f3 in fishers[2].items():
+        running = f3.clone()
+        for age, f in ((1, fishers[1][name]), (2, fishers[0][name])):
+            running[tuple(slice(0, n) for n in f.shape)] += 0.5**age * f
+        rows = tuple(slice(0, n) for n in f3.shape)
+        expected = expected + (running * (params[name][rows] - anchor[name]) ** 2).sum()
+    assert len(online.terms) == 1 and online.fisher_counts == [12, 12, 12]
+    assert torch.allclose(term(online, ctx), 2.0 * expected, rtol=1e-9)
+
+
+def test_running_sums_stay_accurate_in_float32_near_the_anchors():
     """ΣF·θ² − 2θ·ΣFθ* + ΣFθ*² would cancel catastrophically here; the centred form does not."""
     seq = Sequence("domain", n_tasks=4, dtype=torch.float32)
     with torch.no_grad():
         for p in seq.model.parameters():
             p.add_(100.0)
-    separate, online = EWC(lambda_=1.0, fisher_samples=100), EWC(lambda_=1.0, fisher_samples=100, mode="online")
+    separate, online = EWC(lambda_=1.0, fisher_samples=100), EWC(lambda_=1.0, fisher_samples=100, mode="sum")
     for t in range(3):
         ctx = seq.start(t)
         seq.nudge(1e-3)
@@ -159,7 +185,7 @@ def test_scope_last_keeps_only_the_most_recent_task():
     assert len(last.terms) == 1 and torch.equal(term(last, ctx), term(single, ctx))
 
 
-@pytest.mark.parametrize("mode", ["separate", "online"])
+@pytest.mark.parametrize("mode", ["separate", "sum", "online"])
 @pytest.mark.parametrize("scenario", ["class", "task"])
 def test_head_rows_added_after_a_task_carry_no_penalty(scenario, mode):
     seq = Sequence(scenario, n_tasks=3)
@@ -184,7 +210,7 @@ def test_lambda_zero_gives_a_zero_term():
     assert value.item() == 0 and all(g.abs().max() == 0 for g in grads(value, seq.model))
 
 
-@pytest.mark.parametrize("mode", ["separate", "online"])
+@pytest.mark.parametrize("mode", ["separate", "sum", "online"])
 def test_state_dict_round_trip_through_a_weights_only_checkpoint(mode):
     seq = Sequence("class", n_tasks=3)
     ewc = EWC(fisher_samples=8, mode=mode)
@@ -219,12 +245,14 @@ def test_l2_is_the_penalty_with_unit_importance():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"lambda_": -1}, "method.lambda=-1: must be a number ≥ 0"),
+        ({"lambda_": -1}, "method.lambda=-1: must be a finite number ≥ 0"),
+        ({"lambda_": float("nan")}, "method.lambda=nan: must be a finite number ≥ 0"),
         ({"gamma": 1.5}, "method.gamma=1.5"),
         ({"fisher_samples": 0}, "method.fisher_samples=0"),
         ({"fisher_label": "empirical"}, "method.fisher_label='empirical'"),
         ({"scope": "first"}, "method.scope='first'"),
         ({"mode": "online", "scope": "last"}, "method.mode=online"),
+        ({"mode": "sum", "scope": "last"}, "method.mode=sum"),
     ],
 )
 def test_invalid_arguments_name_their_key(kwargs, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 
 import pytest
@@ -13,7 +14,9 @@ from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.joint import Joint
 from cl_bench.methods.replay import Replay, herding
 from cl_bench.models.mlp import MLP
+from cl_bench.run import run_experiment
 from cl_bench.scenario import Scenario
+from tests.conftest import FAST
 
 SHAPE = (2, 3)
 
@@ -214,3 +217,41 @@ def test_state_dict_round_trips_through_a_safe_checkpoint():
     assert torch.equal(first.x, again.x) and torch.equal(first.task_ids, again.task_ids)
     with pytest.raises(ValueError, match="keys"):
         Replay().load_state_dict({"x": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("weighting", ["batch", "tasks_seen"])
+def test_replay_terms_weigh_the_current_and_replayed_cross_entropies(weighting):
+    """batch: the task and replay terms add up to the mean cross-entropy over the combined batch;
+    tasks_seen (t = 3): (1/3)·CE(current) + (2/3)·CE(replayed), each a mean over its own examples."""
+    replay, tasks = filled_replay(replay_batch_size=5)
+    replay.weighting = weighting
+    ctx = context(mlp(tasks), tasks, 2)
+    batch = replay.extend_batch(ctx, current_batch(tasks))
+    logits = ctx.model(batch.x)
+    loss = ctx.scenario.loss
+    current = loss(logits[:8], batch.y[:8], batch.task_ids[:8])
+    replayed = loss(logits[8:], batch.y[8:], batch.task_ids[8:])
+    total = replay.task_loss_weight(ctx) * current + replay.loss_terms(ctx, batch, logits)["replay"]
+    if weighting == "batch":
+        expected = loss(logits, batch.y, batch.task_ids)
+    else:
+        expected = current / 3 + 2 * replayed / 3
+    assert torch.allclose(total, expected, rtol=1e-6)
+
+
+def test_joint_restart_trains_a_fresh_model_on_the_union(make_config, tmp_path):
+    """The tutorial's multi-task row: at task B the model restarts from a new initialisation, so its
+    task-B curve starts where an untrained model stands, and a fresh optimiser trains it on A∪B."""
+    summaries = {}
+    for restart in ("true", "false"):
+        run_dir = tmp_path / restart
+        run_dir.mkdir()
+        cfg = make_config(*FAST, "method=joint", f"method.restart={restart}", "first_task.cache=false")
+        summaries[restart] = run_experiment(cfg, run_dir), run_dir
+    rows = {key: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for key, (_, d) in summaries.items()}
+    first_b = {key: next(r for r in found if r["task"] == 1) for key, found in rows.items()}
+    a_column = "val/split_sklearn_digits.0"
+    assert first_b["false"][a_column] > 0.8  # continued: task A is known at B's step 0
+    assert first_b["true"][a_column] < 0.5  # restarted: an untrained model
+    assert summaries["true"][0]["accuracy_matrix"][-1][0] > 0.8  # A learnt again from the union

@@ -245,3 +245,25 @@ def test_state_dict_round_trip_rebuilds_the_teacher(mode):
     restored_ctx = context(rebuilt_model, tasks, scenario, 1)
     assert torch.allclose(restored.loss_terms(restored_ctx, batch, rebuilt_model(batch.x))["kd"], expected)
     assert restored.state_dict().keys() == state.keys()
+
+
+def test_van_de_ven_weighting_and_reduction_equal_their_formula():
+    """Task-IL, third task (t = 3): L = (1/3)·L_task + (2/3)·T²·mean over the two earlier tasks of the
+    distillation averaged over each task's units (van de Ven & Tolias's 2018 code)."""
+    scenario = Scenario("task", [3, 3, 3])
+    tasks = make_tasks(3)
+    model = make_model(scenario)
+    lwf = KD(kappa=1.0, T=2.0, t_squared=True, weighting="tasks_seen", reduction="mean")
+    start(lwf, model, tasks, scenario, 0)
+    start(lwf, model, tasks, scenario, 1)
+    perturb(model, seed=3)
+    batch = batch_of(tasks[2], 2, [0, 2, 4, 6, 8])
+    ctx = start(lwf, model, tasks, scenario, 2)
+    teacher = model(batch.x).detach()[:, :6]  # the model as task 1 ended
+    perturb(model)
+    logits = model(batch.x)
+    per_task = [hand_kd(logits.detach(), teacher, [(s, s + 3)], 2.0) / 3 for s in (0, 3)]  # / 3 units
+    expected = (1 - 1 / 3) * 4.0 * sum(per_task) / 2
+    assert lwf.task_loss_weight(ctx) == pytest.approx(1 / 3)
+    assert torch.allclose(lwf.loss_terms(ctx, batch, logits)["kd"].double(), expected, rtol=1e-5)
+    assert KD().task_loss_weight(ctx) == 1.0  # the default: L_task + κ·L_KD

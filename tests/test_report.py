@@ -1,26 +1,54 @@
-"""The Score table on a generated multirun: selection on val, test reported, seeds, failures."""
+"""The results table: one row per experiment (seeds merged, every other config difference its own
+row), selection on val and test reported, sample std / SEM, the metric, cl_bench versions, failures."""
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from cl_bench import CONFIG_DIR, __version__
+from cl_bench.experiment_keys import experiment_identity
 from cl_bench.report import main as report_main
 from cl_bench.report import write_report
 
 
-def fake_run(folder: Path, method: str, lr: float, params: dict, seed: int, score: float, test: float, status="ok"):
-    folder.mkdir(parents=True)
-    summary = {"status": status, "method": method, "lr": lr, "method_params": params, "seed": seed,
-               "datasets": ["split_sklearn_digits"], "scenario": "domain", "wall_time_s": 10.0, "steps_per_s": 100.0}
+def compose_run(*overrides: str):
+    """conf/config.yaml composed as `cl-bench` would, Hydra's own node included."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", list(overrides), return_hydra_config=True)
+
+
+def write_config(folder: Path, overrides: tuple[str, ...]) -> None:
+    """The run folder's .hydra/config.yaml and hydra.yaml, as Hydra writes them."""
+    config = compose_run(*overrides)
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"hydra": config.hydra}, folder / ".hydra" / "hydra.yaml")
+    OmegaConf.set_struct(config, False)
+    del config["hydra"]
+    OmegaConf.save(config, folder / ".hydra" / "config.yaml")
+
+
+def fake_run(folder: Path, *overrides: str, score=0.5, test=0.4, final=(0.6, 0.6), final_val=(0.6, 0.6),
+             status="ok", version: str | None = __version__) -> None:
+    """A finished run folder: the composed config of `overrides` and a summary with these results."""
+    write_config(folder, overrides)
+    config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    summary = {"status": status, "method": config.method.label, "lr": config.lr, "seed": config.seed,
+               "datasets": list(config.dataset), "scenario": config.scenario, "wall_time_s": 10.0,
+               "steps_per_s": 100.0, "versions": {"cl_bench": version} if version else {}}
     if status == "ok":
         summary.update(score=score, score_k={"A": score - 0.1, "B": score + 0.1}, score_test=test,
-                       score_test_k={"A": test, "B": test})
+                       accuracy_matrix=[[0.9, 0.0], list(final)], val_accuracy_matrix=[[0.9, 0.0], list(final_val)],
+                       average_final_accuracy=sum(final) / len(final))
     else:
         summary["error"] = "NonFiniteLoss: the loss became NaN"
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -28,64 +56,182 @@ def fake_run(folder: Path, method: str, lr: float, params: dict, seed: int, scor
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
 
 
+class Sweep:
+    """A multirun folder the tests add runs to (jobs 0, 1, ...)."""
+
+    def __init__(self, root: Path):
+        self.root, self.jobs = root, 0
+
+    def add(self, *overrides: str, **results) -> Path:
+        folder = self.root / str(self.jobs)
+        self.jobs += 1
+        fake_run(folder, *overrides, **results)
+        return folder
+
+    def report(self, **flags) -> tuple[str, pd.DataFrame]:
+        text = write_report([self.root], self.root, **flags)
+        return text, pd.read_csv(self.root / "report.csv")
+
+
 @pytest.fixture
-def multirun(tmp_path) -> Path:
-    root = tmp_path / "multirun"
-    job = iter(range(100))
+def sweep(tmp_path) -> Sweep:
+    return Sweep(tmp_path / "multirun")
+
+
+def row(table: pd.DataFrame, technique: str) -> pd.Series:
+    (found,) = table[table.Technique == technique].itertuples(index=False)
+    return pd.Series(found._asdict())
+
+
+def test_runs_differing_in_model_steps_splits_or_optimiser_get_rows_of_their_own(sweep):
     for seed in (0, 1):
-        fake_run(root / str(next(job)), "Baseline", 0.001, {}, seed, 0.50 + 0.02 * seed, 0.45)
-        fake_run(root / str(next(job)), "Baseline", 0.0001, {}, seed, 0.60, 0.55)
-        # lambda=10 is better on val (0.7 mean) than lambda=100 (0.65) but worse on test: val decides
-        fake_run(root / str(next(job)), "EWC", 0.001, {"lambda": 10}, seed, 0.68 + 0.04 * seed, 0.40)
-        fake_run(root / str(next(job)), "EWC", 0.001, {"lambda": 100}, seed, 0.65, 0.90)
-    fake_run(root / str(next(job)), "KD", 0.001, {"kappa": 1}, 0, 0, 0, status="failed")
-    return root
+        sweep.add(f"seed={seed}", score=0.5 + 0.02 * seed)
+    sweep.add("model=mlp400")
+    sweep.add("steps=500")
+    sweep.add("dataset.split_sklearn_digits.splits=[[0,1],[2,3]]")
+    sweep.add("optimizer=sgd")
+    text, table = sweep.report()
+    assert sorted(table.Technique) == [
+        "Baseline", "Baseline · model=mlp400", "Baseline · optimizer=sgd", "Baseline · splits=[[0,1],[2,3]]",
+        "Baseline · steps=500",
+    ]
+    assert row(table, "Baseline").n == 2 and row(table, "Baseline").score == pytest.approx(0.51)
+    assert row(table, "Baseline · model=mlp400").n == 1
+    assert "| Baseline · model=mlp400 | 50.0% |" in text  # one seed: no ±
 
 
-def test_best_hyper_parameters_by_mean_val_score_and_their_test_score(multirun):
-    text = write_report([multirun], multirun)
-    table = pd.read_csv(multirun / "report.csv")
-    ewc = table[table.method == "EWC"].iloc[0]
-    assert json.loads(ewc.params) == {"lambda": 10}
-    assert ewc.score == pytest.approx(0.70) and ewc.score_std == pytest.approx(0.02)
-    assert ewc.score_test == pytest.approx(0.40)
-    assert ewc.seeds == 2
-    assert "| EWC | 70.0% ± 2.0 | 60.0% ± 2.0 | 80.0% ± 2.0 | 40.0% ± 0.0 | lambda=10 | 2 |" in text
+def test_two_rows_sharing_a_name_both_say_what_differs(sweep):
+    sweep.add("model=mlp")
+    sweep.add("model=mlp400")
+    _, table = sweep.report()
+    assert sorted(table.Technique) == ["Baseline · model=mlp", "Baseline · model=mlp400"]
 
 
-def test_rows_keyed_by_method_and_lr_with_the_seeds_names(multirun):
-    text = write_report([multirun], multirun)
-    assert "| Baseline | 51.0% ± 1.0 |" in text
-    assert "| Baseline (low lr) | 60.0% ± 0.0 |" in text
-    assert text.splitlines()[0].startswith("| Technique | Score | Score_A | Score_B | Test Score")
+def test_seeds_merge_even_where_the_class_order_seed_follows_the_seed(sweep):
+    for seed in (0, 1, 2):
+        sweep.add(f"seed={seed}", "dataset.split_sklearn_digits.class_order=random")
+    sweep.add("dataset.split_sklearn_digits.order_seed=7", "dataset.split_sklearn_digits.class_order=random")
+    _, table = sweep.report()
+    assert sorted(table.Technique) == ["Baseline · order_seed=0", "Baseline · order_seed=7"]
+    assert row(table, "Baseline · order_seed=0").n == 3
 
 
-def test_failed_runs_are_marked_not_missing(multirun):
-    text = write_report([multirun], multirun)
+def test_the_lowlr_preset_and_the_baseline_at_low_lr_share_a_row(sweep):
+    sweep.add("method=lowlr", "seed=0")
+    sweep.add("method=baseline", "lr=1e-4", "seed=1")
+    sweep.add("method=baseline", "seed=0")
+    text, table = sweep.report()
+    assert sorted(table.Technique) == ["Baseline", "Baseline (low lr)"]
+    assert row(table, "Baseline (low lr)").n == 2
+    assert "| Baseline (low lr) |" in text and "| Baseline |" in text
+
+
+def test_selected_weights_are_chosen_by_val_and_their_test_reported(sweep):
+    for seed in (0, 1):
+        # λ=10 is better on val (0.70 mean) than λ=100 (0.65) but worse on test: val decides
+        sweep.add("method=ewc", "method.lambda=10", f"seed={seed}", score=0.68 + 0.04 * seed, test=0.40)
+        sweep.add("method=ewc", "method.lambda=100", f"seed={seed}", score=0.65, test=0.90)
+    sweep.add("method=ewc", "method.fisher_samples=50", score=0.9, test=0.9)  # not selectable: its own row
+    text, table = sweep.report()
+    ewc = row(table, "EWC · fisher_samples=200")
+    assert json.loads(ewc.params) == {"method.gamma": 1.0, "method.lambda": 10}
+    assert ewc.score == pytest.approx(0.70) and ewc.score_test == pytest.approx(0.40) and ewc.n == 2
+    cells = "| 70.0% ± 2.8 | 60.0% ± 2.8 | 80.0% ± 2.8 | 40.0% ± 0.0 | lambda=10 | 2 |"
+    assert f"| EWC · fisher_samples=200 {cells}" in text
+    assert row(table, "EWC · fisher_samples=50").score_test == pytest.approx(0.9)
+
+
+def test_select_adds_a_key_to_choose_by_val(sweep):
+    sweep.add("lr=1e-3", score=0.5, test=0.5)
+    sweep.add("lr=1e-4", score=0.6, test=0.3)
+    _, table = sweep.report()
+    assert sorted(table.Technique) == ["Baseline", "Baseline (low lr)"]
+    text, table = sweep.report(select=("lr",))
+    (chosen,) = table.itertuples()
+    assert chosen.Technique == "Baseline" and chosen.lr == pytest.approx(1e-4)
+    assert chosen.score_test == pytest.approx(0.3)
+    assert "| lr=0.0001 | 1 |" in text
+
+
+def test_the_sweeps_report_select_adds_a_key_too(sweep):
+    sweep.add("lr=1e-3", "report.select=[lr]", score=0.5)
+    sweep.add("lr=1e-4", "report.select=[lr]", score=0.6)
+    _, table = sweep.report()
+    assert len(table) == 1 and table.lr.iloc[0] == pytest.approx(1e-4)
+
+
+def test_the_spread_is_the_sample_std_or_the_sem(sweep):
+    scores = [0.50, 0.56, 0.61]
+    for seed, score in enumerate(scores):
+        sweep.add(f"seed={seed}", score=score)
+    text, table = sweep.report()
+    std = statistics.stdev(scores)
+    assert table.score_std.iloc[0] == pytest.approx(std)
+    assert table.score_sem.iloc[0] == pytest.approx(std / math.sqrt(3))
+    assert f"| Baseline | 55.7% ± {100 * std:.1f} |" in text and "± sample std" in text
+    text, _ = sweep.report(spread="sem")
+    assert f"| Baseline | 55.7% ± {100 * std / math.sqrt(3):.1f} |" in text and "± SEM" in text
+
+
+def test_final_accuracy_selects_and_reports_the_accuracies_after_the_last_task(sweep):
+    # λ=10 has the better Score, λ=100 the better final val accuracy
+    sweep.add("method=ewc", "method.lambda=10", score=0.8, final=(0.2, 0.9), final_val=(0.3, 0.9))
+    sweep.add("method=ewc", "method.lambda=100", score=0.6, final=(0.5, 0.7), final_val=(0.6, 0.8))
+    text, table = sweep.report()
+    assert json.loads(table.params.iloc[0])["method.lambda"] == 10
+    text, table = sweep.report(metric="final_accuracy")
+    assert json.loads(table.params.iloc[0])["method.lambda"] == 100
+    assert table.final_accuracy.iloc[0] == pytest.approx(0.6) and table.final_val_accuracy.iloc[0] == pytest.approx(0.7)
+    assert text.startswith("| Technique | Val final acc | Test final acc_A | Test final acc_B | Test final acc |")
+    assert "| EWC | 70.0% | 50.0% | 70.0% | 60.0% | lambda=100 | 1 |" in text
+
+
+def test_runs_disagreeing_on_the_metric_need_the_flag(sweep, capsys):
+    sweep.add("seed=0")
+    sweep.add("seed=1", "report.metric=final_accuracy")
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(sweep.root)])
+    assert stop.value.code == 2
+    message = capsys.readouterr().err
+    assert "disagree on report.metric" in message and "--metric" in message and message.count("\n") == 1
+    report_main([str(sweep.root), "--metric", "score"])
+    assert "| Baseline | 50.0% ± 0.0 |" in capsys.readouterr().out
+
+
+def test_rows_of_an_earlier_cl_bench_are_marked_and_kept_apart(sweep):
+    sweep.add("seed=0", score=0.5)
+    sweep.add("seed=1", score=0.5)
+    sweep.add("seed=0", score=0.9, version="0.1.0")
+    sweep.add("seed=1", score=0.9, version=None)
+    _, table = sweep.report()
+    assert sorted(table.Technique) == ["Baseline", "Baseline [cl_bench 0.1.0]", "Baseline [cl_bench unknown]"]
+    assert row(table, "Baseline").score == pytest.approx(0.5) and row(table, "Baseline").n == 2
+
+
+def test_failed_runs_are_marked_not_missing(sweep):
+    sweep.add("method=kd", status="failed")
+    text, table = sweep.report()
     assert "| KD | **failed** |" in text
-    table = pd.read_csv(multirun / "report.csv")
-    assert "NonFiniteLoss" in table[table.method == "KD"].iloc[0].error
+    assert "NonFiniteLoss" in table.error.iloc[0]
 
 
-def test_running_runs_show_what_has_finished(multirun):
-    running = multirun / "99"
-    (running / ".hydra").mkdir(parents=True)
-    (running / ".hydra" / "config.yaml").write_text(
-        "method: {label: KD, kappa: 2}\nlr: ${oc.select:method.lr,0.001}\nseed: 0\n"
-        "scenario: domain\ndataset: {split_sklearn_digits: {}}\n"
-    )
+def test_running_runs_show_what_has_finished(sweep):
+    sweep.add("method=ewc", "seed=0")
+    sweep.add("method=ewc", "seed=1", status="failed")
+    sweep.add("method=kd", status="failed")
+    running = sweep.root / "99"
+    write_config(running, ("method=kd", "seed=1"))
     (running / "metrics.jsonl").write_text(json.dumps({"step": 0, "task": 0, "val/a": 0.1, "val/b": 0.1}))
-    fake_run(multirun / "98", "EWC", 0.001, {"lambda": 10}, 2, 0.1, 0.1, status="failed")
-    text = write_report([multirun], multirun)
-    assert "| 2 (1 failed) |" in text  # EWC's best row notes its failed job
+    text, table = sweep.report()
+    assert "| 1 (1 failed) |" in text  # EWC's row notes its failed job
     assert "| KD | **failed** |" in text and "(1 running)" not in text  # KD's only finished job failed
-    table = pd.read_csv(multirun / "report.csv")
-    assert table[table.method == "KD"].iloc[0].running == 1
+    assert row(table, "KD").running == 1
 
 
-def test_cli_writes_table_csv_and_figure(multirun, tmp_path, capsys):
+def test_cli_writes_table_csv_and_figure(sweep, tmp_path, capsys):
+    sweep.add("seed=0")
     out = tmp_path / "report"
-    report_main([str(multirun), "--out", str(out)])
+    report_main([str(sweep.root), "--out", str(out)])
     assert "| Technique |" in capsys.readouterr().out
     for name in ("report.md", "report.csv", "comparison.png"):
         assert (out / name).exists()
@@ -96,19 +242,53 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         write_report([tmp_path / "nope"], tmp_path)
 
 
+def test_the_identity_leaves_out_where_and_how_a_run_is_done():
+    a = compose_run("data_dir=/a", "threads=1", "device=cpu", "first_task.cache=false", "seed=3", "eval_batch_size=7")
+    b = compose_run("data_dir=/b", "output_root=/elsewhere", "logger=wandb", "checkpoint.keep=5")
+    assert experiment_identity(a) == experiment_identity(b)  # ${now:...} of hydra.run.dir needs no runtime
+    assert "seed" not in experiment_identity(a) and "report" not in experiment_identity(a)
+    assert experiment_identity(a) != experiment_identity(compose_run("batch_size=32"))
+    smaller = compose_run("batch_size=32")
+    assert experiment_identity(a, ignore={"batch_size"}) == experiment_identity(smaller, ignore={"batch_size"})
+    same = experiment_identity(compose_run("model.dropout=0", "+method.lr=0.001"))  # 0 is dropout's 0.0
+    assert json.dumps(experiment_identity(a), sort_keys=True) == json.dumps(same, sort_keys=True)
+    mnist = experiment_identity(compose_run("dataset=[split_mnist]", "data_dir=/x"))
+    assert "root" not in mnist["dataset"]["split_mnist"]["source"]
+    assert experiment_identity({"name": "${hydra:job.name}", "seed": 1}) == {"name": "${hydra:job.name}"}
+
+
 CALLBACK_WITHOUT_WANDB = """
 import sys
 from omegaconf import OmegaConf
 from cl_bench.report import ReportCallback
-config = {"hydra": {"sweep": {"dir": sys.argv[1]}}, "logger": {"_target_": "cl_bench.loggers.base.RunLogger"}}
+config = {"hydra": {"sweep": {"dir": sys.argv[1]}}, "logger": {"_target_": "cl_bench.loggers.base.RunLogger"},
+          "report": {"metric": "score", "spread": "sem", "select": []}}
 ReportCallback().on_multirun_end(OmegaConf.create(config))
 print("wandb imported:", "wandb" in sys.modules)
 """
 
 
-def test_the_callback_writes_the_report_without_importing_wandb_unless_asked(multirun):
-    command = [sys.executable, "-c", CALLBACK_WITHOUT_WANDB, str(multirun)]
+def test_the_callback_writes_the_report_without_importing_wandb_unless_asked(sweep):
+    sweep.add("method=ewc")
+    command = [sys.executable, "-c", CALLBACK_WITHOUT_WANDB, str(sweep.root)]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "| EWC |" in done.stdout and "wandb imported: False" in done.stdout
-    assert (multirun / "report.md").exists() and not (multirun / "wandb").exists()
+    assert "| EWC |" in done.stdout and "± SEM" in done.stdout and "wandb imported: False" in done.stdout
+    assert (sweep.root / "report.md").exists() and not (sweep.root / "wandb").exists()
+
+
+def test_a_real_sweep_over_models_gives_a_row_per_model(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "cl_bench.app", "-m", "model=mlp,mlp400", "first_task.steps=20", "steps=20",
+               "eval_every=10", "threads=1", f"output_root={tmp_path / 'out'}", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(sweep / "report.csv")
+    assert sorted(table.Technique) == ["Baseline · model=mlp", "Baseline · model=mlp400"]
+    assert "| Baseline · model=mlp400 |" in done.stdout
+    write_report([sweep], tmp_path / "final", metric="final_accuracy")
+    finals = pd.read_csv(tmp_path / "final" / "report.csv").set_index("Technique").final_accuracy
+    for job in sweep.glob("*/summary.json"):
+        (model,) = [o for o in OmegaConf.load(job.parent / ".hydra" / "overrides.yaml") if o.startswith("model=")]
+        expected = json.loads(job.read_text())["average_final_accuracy"]
+        assert finals[f"Baseline · {model}"] == pytest.approx(expected)

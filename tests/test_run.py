@@ -8,7 +8,9 @@ import math
 import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from cl_bench.data.sequences import build_task_sequence
 from cl_bench.metrics import peak_score
 from cl_bench.run import run_experiment
 from cl_bench.validate import ConfigError, validate_config
@@ -87,6 +89,37 @@ def test_class_il_grows_the_head_and_future_tasks_are_not_evaluated(make_config,
     head = torch.load(run_dir / "checkpoints" / "ckpt-000000060-002.pt", weights_only=True)["model"]["head.weight"]
     assert head.shape[0] == 10
     assert math.isnan(summary["val_accuracy_matrix"][0][1])
+
+
+def test_class_il_measures_the_task_aware_accuracy_too_and_scores_the_one_named(make_config, tmp_path):
+    """Class-IL logs both accuracies; the task-aware one is the argmax within the task's own units
+    (checked against the checkpointed model), never below the class-IL one, and `accuracy=` picks
+    the one the Score, the test Score and the accuracy matrix follow."""
+    runs = {kind: run(make_config, tmp_path, "scenario=class", f"accuracy={kind}", name=kind)
+            for kind in ("scenario", "task_aware")}
+    metrics = pd.read_json(runs["scenario"][1] / "metrics.jsonl", lines=True)
+    a, b = "split_sklearn_digits.0", "split_sklearn_digits.1"
+    assert (metrics[f"val_task_aware/{a}"] >= metrics[f"val/{a}"]).all()
+    end = metrics.iloc[-1]
+    assert end[f"val_task_aware/{a}"] > end[f"val/{a}"]  # task B's units take A's examples in class-IL
+    state = torch.load(runs["scenario"][1] / "checkpoints" / "ckpt-000000060-002.pt", weights_only=True)["model"]
+    cfg = make_config(*FAST, "scenario=class")
+    task_a = build_task_sequence(cfg.dataset)[0]
+    model = instantiate(cfg.model, input_shape=task_a.input_shape, n_outputs=10)
+    model.load_state_dict(state)
+    model.eval()
+    x, y = next(task_a.val.eval_batches(10_000))
+    with torch.no_grad():
+        within = model(x)[:, :5].argmax(1)
+    assert end[f"val_task_aware/{a}"] == pytest.approx(float((within == y).float().mean()))
+    scenario, aware = runs["scenario"][0], runs["task_aware"][0]
+    assert (scenario["accuracy"], aware["accuracy"]) == ("scenario", "task_aware")
+    assert aware["accuracy_matrix"] == aware["accuracy_matrices"]["task_aware"]["test"]
+    assert scenario["accuracy_matrix"] == scenario["accuracy_matrices"]["scenario"]["test"]
+    assert aware["score"] == aware["accuracy_matrices"]["task_aware"]["score"] > scenario["score"]
+    assert math.isnan(aware["accuracy_matrix"][0][1])
+    with pytest.raises(ConfigError, match="accuracy=task_aware: domain-IL"):
+        validate_config(make_config("accuracy=task_aware"))
 
 
 def test_tasks_json_lists_every_tasks_classes_and_split_sizes(make_config, tmp_path):

@@ -53,6 +53,12 @@ class Method:
     """
 
     changes_first_task = False
+    # Parameters (config names) a report may select the best value of by validation, e.g. EWC's
+    # λ; runs that differ only in these and the seed share a row of the Score table.
+    selectable: tuple[str, ...] = ()
+    # True: at every task after the first the trainer re-initialises the model and starts a new
+    # optimiser before `before_task` (a fresh model per task, e.g. the tutorial's multi-task model).
+    restart_model = False
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         """The data the current task is trained on: by default its own training split."""
@@ -65,8 +71,14 @@ class Method:
     def before_task(self, ctx: TrainContext) -> None:
         """Called after the head has grown for the task, before its first step."""
 
+    def task_loss_weight(self, ctx: TrainContext) -> float:
+        """The weight of the cross-entropy on the task's own examples (1: a plain sum of terms;
+        van de Ven & Tolias weigh it 1/t over t tasks so far when distilling or replaying)."""
+        return 1.0
+
     def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
-        """Add examples to a batch (replay); the default adds none."""
+        """Add examples after the batch's own (replay); the default adds none. The trainer's "task"
+        term covers only the batch's own examples: a method that adds some gives them a term of its own."""
         return batch
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -11,10 +10,11 @@ from torch import Tensor
 from cl_bench.data.task import Task
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.fisher import LABELS, diagonal_fisher
+from cl_bench.methods.params import choice, count, number
 from cl_bench.validate import ConfigError
 
 SCOPES = ("all", "last")
-MODES = ("separate", "online")
+MODES = ("separate", "sum", "online")
 
 
 @dataclass
@@ -62,6 +62,12 @@ class Quadratic:
             constant += float((a * b / safe * (mu - nu).square()).sum())
         return Quadratic(fisher, center, low, constant)
 
+    def reanchored(self, new: Quadratic) -> Quadratic:
+        """Schwarz et al.'s online step: `new`'s center, the Fishers added (rows a head gained since
+        `self` carry only `new`'s)."""
+        fisher = {name: f + _padded(self.fisher.get(name), f).to(f.dtype) for name, f in new.fisher.items()}
+        return Quadratic(fisher, new.center)
+
     def state(self) -> dict:
         return {"fisher": self.fisher, "center": self.center, "center_low": self.center_low, "constant": self.constant}
 
@@ -99,38 +105,42 @@ class EWC(Method):
 
     scope: ``all`` penalises every earlier task, ``last`` only the most recent (seed 004's two runs).
     gamma: at each new task the earlier tasks' Fishers are multiplied by γ (1: plain sum), so task j's
-    term weighs γ^(tasks since j); the decay of Schwarz et al.'s online EWC, but every θ*_j is kept
-    (their version re-anchors all of it at the latest θ*).
+    term weighs γ^(tasks since j).
     mode: ``separate`` keeps one (F_j, θ*_j) per task, a step costs O(parameters × tasks);
-    ``online`` keeps seed 004's running sums as one quadratic ΣF·(θ − μ)² + C with μ = ΣFθ*/ΣF and
+    ``sum`` keeps seed 004's running sums as one quadratic ΣF·(θ − μ)² + C with μ = ΣFθ*/ΣF and
     C = Σ_j F_j(θ*_j − μ)², merged in float64 once per task (μ kept as a rounded value plus its
     rounding error): the same value and gradient as the sum of separate terms, at O(parameters) per
-    step. Online needs scope ``all``.
+    step; ``online`` is Schwarz et al.'s (2018) online EWC: one running Fisher F̃ ← γ·F̃ + F_j
+    anchored at the latest θ*_j only, λ·Σ F̃(θ − θ*_j)² (an approximation of the sum, also
+    O(parameters)). ``sum`` and ``online`` need scope ``all``.
+    fisher_samples: null averages over every training example of the task (van de Ven & Tolias).
     """
+
+    selectable = ("lambda", "gamma")
 
     loss_name = "ewc"
 
     def __init__(
         self,
         lambda_: float = 1000.0,
-        fisher_samples: int = 200,
+        fisher_samples: int | None = 200,
         fisher_label: str = "true",
         scope: str = "all",
         mode: str = "separate",
         gamma: float = 1.0,
         fisher_batch_size: int = 128,
     ):
-        self.lambda_ = _number("lambda", lambda_, "≥ 0", lambda v: v >= 0)
-        self.gamma = _number("gamma", gamma, "in [0, 1]", lambda v: 0 <= v <= 1)
-        self.fisher_samples = _count("fisher_samples", fisher_samples)
-        self.fisher_batch_size = _count("fisher_batch_size", fisher_batch_size)
+        self.lambda_ = number("lambda", lambda_, "≥ 0", lambda v: v >= 0)
+        self.gamma = number("gamma", gamma, "in [0, 1]", lambda v: 0 <= v <= 1)
+        self.fisher_samples = None if fisher_samples is None else count("fisher_samples", fisher_samples)
+        self.fisher_batch_size = count("fisher_batch_size", fisher_batch_size)
         # Hydra reads an unquoted `fisher_label=true` override as the boolean.
-        self.fisher_label = _choice("fisher_label", "true" if fisher_label is True else fisher_label, LABELS)
-        self.scope = _choice("scope", scope, SCOPES)
-        self.mode = _choice("mode", mode, MODES)
-        if mode == "online" and scope == "last":
+        self.fisher_label = choice("fisher_label", "true" if fisher_label is True else fisher_label, LABELS)
+        self.scope = choice("scope", scope, SCOPES)
+        self.mode = choice("mode", mode, MODES)
+        if mode != "separate" and scope == "last":
             raise ValueError(
-                "method.mode=online keeps running sums over every task; with method.scope=last use mode=separate"
+                f"method.mode={mode} keeps one term over every task; with method.scope=last use mode=separate"
             )
         self.terms: list[Quadratic] = []
         self.fisher_counts: list[int] = []
@@ -138,7 +148,7 @@ class EWC(Method):
     def check(self, tasks: list[Task]) -> None:
         """Every task whose Fisher a later task uses must hold `fisher_samples` training examples."""
         for task in tasks[:-1]:
-            if self.fisher_samples > len(task.train):
+            if self.fisher_samples is not None and self.fisher_samples > len(task.train):
                 raise ConfigError(
                     f"method.fisher_samples={self.fisher_samples}: task {task.name!r} has only "
                     f"{len(task.train)} training examples; choose at most {len(task.train)}"
@@ -148,9 +158,9 @@ class EWC(Method):
         """F of the task that just ended, by trainable parameter name (over all of its training
         examples if it has fewer than `fisher_samples`: the runner's `check` refuses that case)."""
         split = ctx.tasks[ctx.task_idx].train
-        count = min(self.fisher_samples, len(split))
-        index = torch.randperm(len(split), generator=ctx.generator)[:count]
-        self.fisher_counts.append(count)
+        n = len(split) if self.fisher_samples is None else min(self.fisher_samples, len(split))
+        index = torch.randperm(len(split), generator=ctx.generator)[:n]
+        self.fisher_counts.append(n)
         return diagonal_fisher(
             ctx.model,
             split,
@@ -167,10 +177,12 @@ class EWC(Method):
         params = dict(ctx.model.named_parameters())
         new = Quadratic(fisher, {name: params[name].detach().clone() for name in fisher})
         old = self.terms if self.gamma == 1 else [term.scaled(self.gamma) for term in self.terms]
-        if self.scope == "last":
+        if self.scope == "last" or not old:
             self.terms = [new]
+        elif self.mode == "sum":
+            self.terms = [old[0].merged(new)]
         elif self.mode == "online":
-            self.terms = [old[0].merged(new) if old else new]
+            self.terms = [old[0].reanchored(new)]
         else:
             self.terms = old + [new]
 
@@ -207,21 +219,3 @@ class EWC(Method):
             Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"])) for t in state["terms"]
         ]
         self.fisher_counts = list(state["fisher_counts"])
-
-
-def _number(key: str, value: float, rule: str, ok) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"method.{key}={value!r}: must be a number {rule}")
-    return float(value)
-
-
-def _count(key: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"method.{key}={value!r}: must be an integer ≥ 1")
-    return value
-
-
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"method.{key}={value!r}: must be one of {', '.join(choices)}")
-    return value

@@ -11,21 +11,31 @@ from torch.nn.utils import skip_init
 
 from cl_bench.data.task import Split
 from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.params import choice, number
 
 TEACHER_MODES = ("auto", "recorded", "live")
+WEIGHTINGS = ("sum", "tasks_seen")
+REDUCTIONS = ("sum", "mean")
 STATE_KEYS = {"teacher", "recorded", "recorded_task"}
 # Examples per teacher forward pass when recording a task's outputs (inference only).
 RECORD_BATCH_SIZE = 1024
 
 
-def distillation_losses(student: Tensor, teacher: Tensor, groups: list[slice], T: float) -> Tensor:
-    """Per-example Σ over groups of H(softmax(teacher/T), softmax(student/T)) on the group's units."""
+def distillation_losses(
+    student: Tensor, teacher: Tensor, groups: list[slice], T: float, reduction: str = "sum"
+) -> Tensor:
+    """Per-example H(softmax(teacher/T), softmax(student/T)) on each group's units, summed over the
+    groups (`reduction="sum"`), or, as van de Ven & Tolias's code takes it, averaged over the groups
+    and over each group's units (`"mean"`)."""
     total = None
     for units in groups:
         target = F.softmax(_columns(teacher, units) / T, dim=1)
-        loss = -(target * F.log_softmax(_columns(student, units) / T, dim=1)).sum(1)
+        terms = -(target * F.log_softmax(_columns(student, units) / T, dim=1))
+        loss = terms.sum(1) if reduction == "sum" else terms.mean(1)
         total = loss if total is None else total + loss
-    return student.new_zeros(len(student)) if total is None else total
+    if total is None:
+        return student.new_zeros(len(student))
+    return total if reduction == "sum" else total / len(groups)
 
 
 def _columns(logits: Tensor, units: slice) -> Tensor:
@@ -78,7 +88,10 @@ class KD(Method):
     the teacher's (recorded) probabilities being the target, as in Li & Hoiem's
     L_old(y_o, ŷ_o) = −Σ y'_o log ŷ'_o. Seed 000 writes the cross-entropy with the current and the
     old outputs the other way round; this follows Li & Hoiem. `t_squared` multiplies by T² (Hinton
-    et al.'s scaling, which keeps gradient sizes comparable across temperatures).
+    et al.'s scaling, which keeps gradient sizes comparable across temperatures). `reduction=mean`
+    averages over the groups and over each group's units instead of summing (van de Ven & Tolias's
+    2018 code). `weighting=tasks_seen` gives (1/t)·L_task + (1 − 1/t)·κ·L_KD over the t tasks seen
+    so far (van de Ven & Tolias), where `sum` gives L_task + κ·L_KD.
 
     `teacher`: "recorded" runs the teacher once over the task's training split in `before_task`
     and looks its logits up by `batch.index` (LwF's "record Y_o"; every example must come from that
@@ -90,17 +103,23 @@ class KD(Method):
     resume inside a task); a resume at a task boundary takes a fresh teacher in `before_task`.
     """
 
-    def __init__(self, kappa: float = 1.0, T: float = 2.0, t_squared: bool = False, teacher: str = "auto"):
-        if kappa < 0:
-            raise ValueError(f"method.kappa={kappa}: must be >= 0")
-        if T <= 0:
-            raise ValueError(f"method.T={T}: must be > 0")
-        if teacher not in TEACHER_MODES:
-            raise ValueError(f"method.teacher={teacher!r} is not one of {', '.join(TEACHER_MODES)}")
-        self.kappa = kappa
-        self.T = T
+    selectable = ("kappa", "T")
+
+    def __init__(
+        self,
+        kappa: float = 1.0,
+        T: float = 2.0,
+        t_squared: bool = False,
+        teacher: str = "auto",
+        weighting: str = "sum",
+        reduction: str = "sum",
+    ):
+        self.kappa = number("kappa", kappa, "≥ 0", lambda v: v >= 0)
+        self.T = number("T", T, "> 0", lambda v: v > 0)
         self.t_squared = t_squared
-        self.teacher_mode = teacher
+        self.teacher_mode = choice("teacher", teacher, TEACHER_MODES)
+        self.weighting = choice("weighting", weighting, WEIGHTINGS)
+        self.reduction = choice("reduction", reduction, REDUCTIONS)
         self.teacher: nn.Module | None = None
         self.teacher_state: dict[str, Tensor] | None = None
         self.recorded: Tensor | None = None
@@ -122,16 +141,23 @@ class KD(Method):
             self.recorded = record_outputs(self.teacher, split)
             self.recorded_task = ctx.task_idx
 
+    def task_loss_weight(self, ctx: TrainContext) -> float:
+        """1, or 1/t over the t tasks seen so far (`weighting=tasks_seen`)."""
+        return 1 / (ctx.task_idx + 1) if self.weighting == "tasks_seen" else 1.0
+
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
         if ctx.task_idx == 0 or not self.active:
             return {}
         old, weight = self._teacher_logits(ctx, batch)
-        losses = distillation_losses(logits, old, ctx.scenario.old_output_groups(ctx.task_idx), self.T)
+        groups = ctx.scenario.old_output_groups(ctx.task_idx)
+        losses = distillation_losses(logits, old, groups, self.T, self.reduction)
         if weight is None:  # every example weighs 1: the same value as the weighted mean, in fewer ops
             loss = losses.sum() / len(losses)
         else:
             loss = (losses * weight).sum() / weight.sum().clamp(min=1)
         scale = self.kappa * self.T**2 if self.t_squared else self.kappa
+        if self.weighting == "tasks_seen":
+            scale *= 1 - 1 / (ctx.task_idx + 1)
         return {"kd": scale * loss}
 
     def _teacher_logits(self, ctx: TrainContext, batch: Batch) -> tuple[Tensor, Tensor | None]:

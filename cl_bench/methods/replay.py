@@ -8,8 +8,10 @@ from torch import Tensor, nn
 
 from cl_bench.data.task import Split, Task
 from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.params import choice, count
 
 SELECTIONS = ("random", "herding")
+WEIGHTINGS = ("batch", "tasks_seen")
 MEMORY_KEYS = ("x", "y", "task_ids", "rank")
 # Examples per forward pass when computing a finished task's features (inference only).
 FEATURE_BATCH_SIZE = 1024
@@ -55,18 +57,27 @@ class Replay(Method):
     the older classes keep only the first ⌊memory_size / n⌋ of theirs (iCaRL's reduction; herding's
     order puts the most representative first, random selection's order is random). Exemplars are
     the gathered inputs (pixel permutation applied) with their local labels and task ids.
+
+    The exemplars' cross-entropy is the term "replay". `weighting=batch` weighs every example of
+    the combined batch alike (the mean cross-entropy over the current and replayed examples, split
+    into the "task" and "replay" terms by their counts); `tasks_seen` gives (1/t)·L_task +
+    (1 − 1/t)·L_replay over the t tasks seen so far, each a mean over its own examples (van de Ven &
+    Tolias).
     """
 
-    def __init__(self, memory_size: int = 200, selection: str = "random", replay_batch_size: int | None = None):
-        if memory_size < 1:
-            raise ValueError(f"method.memory_size={memory_size}: must be >= 1")
-        if selection not in SELECTIONS:
-            raise ValueError(f"method.selection={selection!r} is not one of {', '.join(SELECTIONS)}")
-        if replay_batch_size is not None and replay_batch_size < 1:
-            raise ValueError(f"method.replay_batch_size={replay_batch_size}: must be >= 1 or null")
-        self.memory_size = memory_size
-        self.selection = selection
-        self.replay_batch_size = replay_batch_size
+    selectable = ("memory_size",)
+
+    def __init__(
+        self,
+        memory_size: int = 200,
+        selection: str = "random",
+        replay_batch_size: int | None = None,
+        weighting: str = "batch",
+    ):
+        self.memory_size = count("memory_size", memory_size)
+        self.selection = choice("selection", selection, SELECTIONS)
+        self.replay_batch_size = None if replay_batch_size is None else count("replay_batch_size", replay_batch_size)
+        self.weighting = choice("weighting", weighting, WEIGHTINGS)
         self.memory: dict[str, Tensor] = {}
 
     def share(self, tasks: list[Task]) -> int:
@@ -109,13 +120,37 @@ class Replay(Method):
         rank = torch.cat([torch.arange(len(p)) for p in picks]).to(y.device)
         return {"x": x, "y": y, "task_ids": torch.full_like(y, ctx.task_idx), "rank": rank}
 
+    def replayed_count(self, ctx: TrainContext) -> int:
+        """Exemplars added to each batch (0 while the memory is empty)."""
+        return min(self.replay_batch_size or ctx.batch_size, len(self.memory["y"])) if self.memory else 0
+
+    def _weights(self, ctx: TrainContext) -> tuple[float, float]:
+        """(task weight, replay weight) of the two mean cross-entropies."""
+        replayed = self.replayed_count(ctx)
+        if self.weighting == "tasks_seen":
+            t = ctx.task_idx + 1
+            return 1 / t, 1 - 1 / t
+        own = min(ctx.batch_size, len(self.train_data(ctx).split))
+        return own / (own + replayed), replayed / (own + replayed)
+
+    def task_loss_weight(self, ctx: TrainContext) -> float:
+        return self._weights(ctx)[0] if self.memory else 1.0
+
+    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        """The replayed examples' weighted mean cross-entropy (they follow the batch's own)."""
+        replayed = self.replayed_count(ctx)
+        if not replayed:
+            return {}
+        own = len(batch.y) - replayed
+        loss = ctx.scenario.loss(logits[own:], batch.y[own:], batch.task_ids[own:])
+        return {"replay": self._weights(ctx)[1] * loss}
+
     def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
         """The batch followed by exemplars drawn uniformly without replacement (index -1)."""
         if not self.memory:
             return batch
         size = len(self.memory["y"])
-        count = min(self.replay_batch_size or ctx.batch_size, size)
-        pick = torch.randperm(size, generator=ctx.generator)[:count].to(self.memory["y"].device)
+        pick = torch.randperm(size, generator=ctx.generator)[: self.replayed_count(ctx)].to(self.memory["y"].device)
         x, y, task_ids = (self.memory[key][pick].to(batch.x.device) for key in ("x", "y", "task_ids"))
         return Batch(
             torch.cat([batch.x, x]),

@@ -24,3 +24,11 @@ def grow_head(model: nn.Module, n_outputs: int) -> bool:
             new.bias[: old.out_features].copy_(old.bias)
     model.head = new
     return True
+
+
+def reset_parameters(model: nn.Module) -> None:
+    """Re-initialise every layer of `model` as at construction (PyTorch's defaults, from the global
+    random stream)."""
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
