@@ -1,4 +1,4 @@
-"""Figures as in seed 000: every task's validation accuracy against the training step."""
+"""Figures as in the two-cities post: every task's validation accuracy against the training step."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
 
 
 def plot_comparison(curves: dict[str, pd.DataFrame], path: Path) -> None:
-    """Seed 000's Figure 3: one panel per task, one line per technique (its first run)."""
+    """The two-cities post's Figure 3: one panel per task, one line per technique (its first run)."""
     any_metrics = next(iter(curves.values()))
     columns = val_columns(any_metrics)
     figure = _figure(figsize=(8, 3 * len(columns)))

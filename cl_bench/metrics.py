@@ -1,4 +1,4 @@
-"""Seed 000's Score and the standard continual-learning summaries of an accuracy matrix."""
+"""The two-cities post's Score and the standard continual-learning summaries of an accuracy matrix."""
 
 from __future__ import annotations
 

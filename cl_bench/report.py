@@ -1,4 +1,4 @@
-"""The results table of a set of runs (seed 000's shape) as Markdown and CSV, and the comparison figure.
+"""The results table of a set of runs (the two-cities post's shape) as Markdown and CSV, and the comparison figure.
 
 `cl-bench-report DIR...` reads every run folder under the given run or multirun folders; the
 `ReportCallback` does the same at the end of a multirun. A row is one experiment: runs share it only
@@ -209,7 +209,7 @@ def run_record(run: Run, settings: Settings) -> dict[str, Any]:
 
 
 def technique(method: str, lr: float, lr_labels: dict[str, str]) -> str:
-    """Seed 000's row names: "Baseline", "Baseline (low lr)"; other rates spelt out."""
+    """The two-cities post's row names: "Baseline", "Baseline (low lr)"; other rates spelt out."""
     label = lr_labels.get(f"{lr:g}", lr_labels.get(str(lr), f"lr={lr:g}"))
     return f"{method} ({label})" if label else method
 
@@ -269,6 +269,18 @@ def _shown_params(params: pd.Series, best: str) -> str:
     chosen = json.loads(best)
     varied = [key for key in sorted(seen) if len(seen[key]) > 1]
     return ", ".join(f"{key.removeprefix('method.')}={_short(chosen[key])}" for key in varied)
+
+
+def once_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each experiment, selected weights and seed counted once: a run repeated in another folder given
+    to the report is the same measurement again, not another seed. A finished run is kept over an
+    unfinished one, else the last folder; the repeats are named in a warning."""
+    ordered = runs.assign(_ok=runs.status == "ok").sort_values(["_ok", "run_dir"], kind="stable")
+    repeated = ordered.duplicated(["identity", "version", "params", "seed"], keep="last")
+    if repeated.any():
+        log.warning("%d run(s) repeat an experiment, weights and seed already found; counted once: %s",
+                    int(repeated.sum()), ", ".join(ordered.run_dir[repeated].head(5)))
+    return ordered[~repeated].drop(columns="_ok").sort_index()
 
 
 def score_table(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
@@ -387,7 +399,7 @@ def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, sp
     if not found:
         raise FileNotFoundError(f"no cl_bench runs under {', '.join(map(str, roots))}")
     settings = report_settings(found, metric, spread, select)
-    runs = pd.DataFrame([run_record(run, settings) for run in found])
+    runs = once_per_seed(pd.DataFrame([run_record(run, settings) for run in found]))
     table = score_table(runs, settings)
     text = markdown_table(table, runs, settings)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -242,6 +242,23 @@ def test_l2_is_the_penalty_with_unit_importance():
     assert l2.fisher_counts == []
 
 
+def test_l2_norm_form_is_the_tutorials_unsquared_norm_per_tensor():
+    seq = Sequence("class", n_tasks=2)
+    l2 = L2(lambda_=0.5, form="norm")
+    ctx = seq.start(0)
+    anchor = {n: p.detach().clone() for n, p in seq.model.named_parameters()}
+    l2.after_task(ctx)
+    ctx = seq.start(1)
+    at_anchor = term(l2, ctx)
+    assert at_anchor.item() == 0 and all(torch.isfinite(g).all() for g in grads(at_anchor, seq.model))
+    seq.nudge()
+    params = dict(seq.model.named_parameters())
+    expected = 0.5 * sum(((params[n][: anchor[n].shape[0]] - anchor[n]) ** 2).sum().sqrt() for n in anchor)
+    assert torch.allclose(term(l2, ctx), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="method.form=norm"):
+        L2(form="norm", mode="sum")
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -89,7 +89,7 @@ def test_class_il_loss_equals_hand_formula(T, t_squared):
     assert set(terms) == {"kd"}
     assert torch.allclose(terms["kd"].double(), expected, rtol=1e-5)
     swapped = 0.7 * (T**2 if t_squared else 1.0) * hand_kd(teacher, logits.detach(), [(0, 3)], T)
-    assert not torch.allclose(terms["kd"].double(), swapped, rtol=1e-3)  # seed 000's order differs
+    assert not torch.allclose(terms["kd"].double(), swapped, rtol=1e-3)  # the two-cities post's order differs
 
 
 def test_first_task_has_no_term():

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from cl_bench.checkpoint import load_checkpoint
 from cl_bench.run import run_experiment
+from cl_bench.trainer import IncompatibleState
 from cl_bench.validate import ConfigError, validate_config
 from tests.conftest import FAST
 
@@ -164,3 +165,27 @@ def test_parallel_jobs_train_the_first_task_once(tmp_path):
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*/*/summary.json")]
     assert sorted(s["first_task_cached"] for s in summaries) == [False, True]
     assert len(list((tmp_path / "out" / "cache" / "first_task").glob("*.pt"))) == 1
+
+
+def test_a_run_folder_of_an_earlier_cl_bench_is_not_resumed(make_config, tmp_path):
+    """Before 0.2 each task started a fresh optimiser and EWC's mode=online meant today's mode=sum:
+    continuing such a folder would mix two meanings in one result."""
+    common = [*FAST, "first_task.cache=false"]
+    stopped, stopped_dir = run(
+        make_config, tmp_path, "stopped", *common, "logger._target_=tests.helpers.SignalAtRow", "+logger.row=2"
+    )
+    assert stopped["status"] == "interrupted"
+    (stopped_dir / ".hydra").mkdir()
+    OmegaConf.save(make_config(*common), stopped_dir / ".hydra" / "config.yaml")
+    (checkpoint,) = (stopped_dir / "checkpoints").glob("ckpt-*.pt")
+    state = torch.load(checkpoint, weights_only=True)
+    del state["format"]  # as 0.1 wrote it
+    torch.save(state, checkpoint)
+    resumed = run_experiment(make_config(*common, f"resume={stopped_dir}"), tmp_path)
+    assert resumed["status"] == "failed" and "IncompatibleState" in resumed["error"]
+    assert "cl_bench 0.1 or older" in resumed["error"] and "start a new run folder" in resumed["error"]
+    old_config = OmegaConf.load(stopped_dir / ".hydra" / "config.yaml")
+    del old_config["optimizer_state"]  # a 0.1 config has no such key
+    OmegaConf.save(old_config, stopped_dir / ".hydra" / "config.yaml")
+    with pytest.raises(IncompatibleState, match="made by cl_bench 0.1"):
+        run_experiment(make_config(*common, f"resume={stopped_dir}"), tmp_path)

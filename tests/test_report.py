@@ -292,3 +292,14 @@ def test_a_real_sweep_over_models_gives_a_row_per_model(tmp_path):
         (model,) = [o for o in OmegaConf.load(job.parent / ".hydra" / "overrides.yaml") if o.startswith("model=")]
         expected = json.loads(job.read_text())["average_final_accuracy"]
         assert finals[f"Baseline · {model}"] == pytest.approx(expected)
+
+
+def test_a_run_repeated_in_two_sweeps_counts_as_one_seed(tmp_path):
+    first, second = Sweep(tmp_path / "first"), Sweep(tmp_path / "second")
+    first.add("seed=0", final_val=(0.6, 0.6))
+    first.add("seed=1", final_val=(0.7, 0.7))
+    second.add("seed=1", final_val=(0.7, 0.7))  # the same experiment and seed, run again
+    write_report([first.root, second.root], tmp_path / "both", metric="final_accuracy")
+    table = pd.read_csv(tmp_path / "both" / "report.csv")
+    assert table.n.tolist() == [2]
+    assert table.final_val_accuracy.tolist() == [pytest.approx(0.65)]

@@ -1,4 +1,4 @@
-"""Seed 000's two cities end to end on CPU: `experiment=two_cities` over generated VMMRdb-like and
+"""The two-cities experiment end to end on CPU: `experiment=two_cities` over generated VMMRdb-like and
 colour image folders at 32x32, through the real config, runner, task-A cache and decoded cache."""
 
 from __future__ import annotations

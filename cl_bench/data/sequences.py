@@ -51,7 +51,7 @@ def split_tasks(
     order_seed: int = 0,
 ) -> list[Task]:
     """One task per class list; a task's label of a class is its position in the list
-    (even digits then odd: label = digit // 2, seed 003). `class_order=random` deals the classes
+    (even digits then odd: label = digit // 2, as the split-MNIST EWC tutorial). `class_order=random` deals the classes
     to the tasks at random (seeded by `order_seed`), keeping the tasks' sizes."""
     classes = set(source.classes)
     seen: set[int] = set()
@@ -102,7 +102,7 @@ def permuted_tasks(
     val_fraction: float = 0.1,
     split_seed: int = 0,
 ) -> list[Task]:
-    """`n_tasks` tasks of every class, each with its own fixed pixel permutation (seed 004)."""
+    """`n_tasks` tasks of every class, each with its own fixed pixel permutation (Sörberg's permuted MNIST)."""
     if n_tasks < 1:
         raise ValueError(f"dataset.{name}.n_tasks={n_tasks}: must be at least 1")
     train, val = _train_val(source.train_x, source.train_y, val_fraction, split_seed)

@@ -1,4 +1,4 @@
-"""Plain sequential fine-tuning: cross-entropy on the task being trained (seed 000's baseline)."""
+"""Plain sequential fine-tuning: cross-entropy on the task being trained (the two-cities post's baseline)."""
 
 from cl_bench.methods.base import Method
 

@@ -1,4 +1,4 @@
-"""Elastic Weight Consolidation (Kirkpatrick et al. 2017), written as seed 000 writes it."""
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017), written as the two-cities post writes it."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Quadratic:
     def value(self, params: dict[str, Tensor]) -> Tensor:
         total = None  # no `0.0 +` and no `+ 0.0`: the same value in fewer ops on every training step
         for name, f in self.fisher.items():
-            diff = _stored_part(params, name, f) - self.center[name]
+            diff = stored_part(params, name, f) - self.center[name]
             if name in self.center_low:
                 diff = diff - self.center_low[name]
             term = (f * diff.square()).sum()
@@ -72,7 +72,7 @@ class Quadratic:
         return {"fisher": self.fisher, "center": self.center, "center_low": self.center_low, "constant": self.constant}
 
 
-def _stored_part(params: dict[str, Tensor], name: str, stored: Tensor) -> Tensor:
+def stored_part(params: dict[str, Tensor], name: str, stored: Tensor) -> Tensor:
     """The leading block of parameter `name` with the stored shape (a grown head keeps its old rows first)."""
     if name not in params:
         raise KeyError(f"the penalty holds parameter {name!r}, which the model no longer has")
@@ -95,7 +95,7 @@ def _padded(t: Tensor | None, like: Tensor) -> Tensor:
 
 
 class EWC(Method):
-    """L_task + λ·Σ_j Σ_i F_j,i (θ_i − θ*_j,i)², seed 000's L_B + λ·L_EWC (no 1/2).
+    """L_task + λ·Σ_j Σ_i F_j,i (θ_i − θ*_j,i)², the two-cities post's L_B + λ·L_EWC (no 1/2).
 
     Kirkpatrick et al. write Σ_j (λ_K/2)·F_j(θ − θ*_j)²: that is this loss with λ = λ_K/2.
     F_j: diagonal Fisher (`fisher.diagonal_fisher`) of task j on `fisher_samples` of its training
@@ -103,11 +103,11 @@ class EWC(Method):
     drawn without replacement with the method generator, with `fisher_label` choosing y.
     θ*_j: the parameters when task j ended. Head rows added after task j carry no term of task j.
 
-    scope: ``all`` penalises every earlier task, ``last`` only the most recent (seed 004's two runs).
+    scope: ``all`` penalises every earlier task, ``last`` only the most recent (Sörberg's two runs).
     gamma: at each new task the earlier tasks' Fishers are multiplied by γ (1: plain sum), so task j's
     term weighs γ^(tasks since j).
     mode: ``separate`` keeps one (F_j, θ*_j) per task, a step costs O(parameters × tasks);
-    ``sum`` keeps seed 004's running sums as one quadratic ΣF·(θ − μ)² + C with μ = ΣFθ*/ΣF and
+    ``sum`` keeps the running sums of Sörberg's report as one quadratic ΣF·(θ − μ)² + C with μ = ΣFθ*/ΣF and
     C = Σ_j F_j(θ*_j − μ)², merged in float64 once per task (μ kept as a rounded value plus its
     rounding error): the same value and gradient as the sum of separate terms, at O(parameters) per
     step; ``online`` is Schwarz et al.'s (2018) online EWC: one running Fisher F̃ ← γ·F̃ + F_j

@@ -2,7 +2,7 @@
 
 p = softmax(scenario.restrict(logits, task_ids)). The label y is chosen by `label`:
 
-- ``true``: the data label (the empirical Fisher of seeds 003/004);
+- ``true``: the data label (the empirical Fisher of the split-MNIST EWC tutorial and Sörberg's report);
 - ``sample``: drawn from p(·|x) (Kirkpatrick et al.), by inverse CDF from uniforms drawn with the
   given generator for the whole index up front, so the draw does not depend on batching;
 - ``argmax``: the most probable allowed class;

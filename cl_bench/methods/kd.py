@@ -1,4 +1,4 @@
-"""Knowledge distillation as Learning without Forgetting (Li & Hoiem; seed 000's L_B + κ·L_KD)."""
+"""Knowledge distillation as Learning without Forgetting (Li & Hoiem 2017; the two-cities post's L_B + κ·L_KD)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ class KD(Method):
         L_KD = Σ_groups mean_batch −Σ_j softmax(z_old/T)_j · log softmax(z/T)_j,
 
     the teacher's (recorded) probabilities being the target, as in Li & Hoiem's
-    L_old(y_o, ŷ_o) = −Σ y'_o log ŷ'_o. Seed 000 writes the cross-entropy with the current and the
+    L_old(y_o, ŷ_o) = −Σ y'_o log ŷ'_o. The two-cities post writes the cross-entropy with the current and the
     old outputs the other way round; this follows Li & Hoiem. `t_squared` multiplies by T² (Hinton
     et al.'s scaling, which keeps gradient sizes comparable across temperatures). `reduction=mean`
     averages over the groups and over each group's units instead of summing (van de Ven & Tolias's

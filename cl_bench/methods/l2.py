@@ -1,4 +1,4 @@
-"""An L2 penalty toward the parameters each earlier task ended with (seed 003's idea)."""
+"""An L2 penalty toward the parameters each earlier task ended with (the split-MNIST EWC tutorial's idea)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,44 @@ from torch import Tensor
 
 from cl_bench.data.task import Task
 from cl_bench.methods.base import TrainContext
-from cl_bench.methods.ewc import EWC
+from cl_bench.methods.ewc import EWC, stored_part
+from cl_bench.methods.params import choice
+
+FORMS = ("squared", "norm")
 
 
 class L2(EWC):
     """L_task + λ·Σ_j Σ_i (θ_i − θ*_j,i)²: EWC with F ≡ 1 (same scope, mode and gamma), no Fisher samples.
 
-    Seed 003's code adds 0.5·Σ_tensors tf.norm(θ − θ_A), an unsquared norm per tensor; we square,
-    as its formula and seed 000's Σ_j (θ^(j) − θ_A^(j))² say.
+    `form=norm` is the split-MNIST EWC tutorial's code: λ·Σ_j Σ_tensors ‖θ − θ*_j‖, an unsquared
+    Euclidean norm per weight tensor (the tutorial's 0.5·Σ tf.norm(θ − θ_A) is λ = 0.5; its zero
+    gradient at θ = θ*, where the norm has none, is torch's subgradient). The default squares, as the
+    tutorial's formula and the two-cities post's Σ_j (θ^(j) − θ_A^(j))² say.
     """
 
     loss_name = "l2"
 
-    def __init__(self, lambda_: float = 0.1, scope: str = "all", mode: str = "separate", gamma: float = 1.0):
+    def __init__(
+        self, lambda_: float = 0.1, scope: str = "all", mode: str = "separate", gamma: float = 1.0, form: str = "squared"
+    ):
         super().__init__(lambda_, scope=scope, mode=mode, gamma=gamma)
+        self.form = choice("form", form, FORMS)
+        if self.form == "norm" and (self.mode != "separate" or self.gamma != 1):
+            raise ValueError("method.form=norm keeps one unsquared norm per task: use mode=separate and gamma=1")
 
     def check(self, tasks: list[Task]) -> None:
         """No Fisher, so no sample count to check."""
 
     def importance(self, ctx: TrainContext) -> dict[str, Tensor]:
         return {name: torch.ones_like(p) for name, p in ctx.model.named_parameters() if p.requires_grad}
+
+    def penalty(self, ctx: TrainContext) -> Tensor | None:
+        if self.form == "squared" or not self.terms:
+            return super().penalty(ctx)
+        params = dict(ctx.model.named_parameters())
+        norms = [
+            torch.linalg.vector_norm(stored_part(params, name, center) - center)
+            for term in self.terms
+            for name, center in term.center.items()
+        ]
+        return torch.stack(norms).sum()

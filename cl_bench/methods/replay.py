@@ -1,4 +1,4 @@
-"""Experience replay from a fixed-size exemplar memory (End-to-End Incremental Learning, seed 002)."""
+"""Experience replay from a fixed-size exemplar memory (Castro et al., End-to-End Incremental Learning, 2018)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed 004's CNN: dropout, one 3x3 conv of 64 maps, 2x2 max-pool, two 1024-unit layers."""
+"""Sörberg's CNN (permuted-MNIST report): dropout, one 3x3 conv of 64 maps, 2x2 max-pool, two 1024-unit layers."""
 
 from __future__ import annotations
 

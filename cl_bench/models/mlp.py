@@ -1,4 +1,4 @@
-"""Multi-layer perceptron over flattened inputs (seed 003's 128-unit net, van de Ven's 2x400)."""
+"""Multi-layer perceptron over flattened inputs (the split-MNIST EWC tutorial's 128-unit net, van de Ven & Tolias's 2x400)."""
 
 from __future__ import annotations
 

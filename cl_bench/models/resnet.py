@@ -1,4 +1,4 @@
-"""torchvision's ResNet-18 (seed 000's model) as `.features` (to the pooled 512-d vector) and a
+"""torchvision's ResNet-18 (the two-cities post's model) as `.features` (to the pooled 512-d vector) and a
 linear `.head`: from scratch, from a local state-dict file, or with torchvision's ImageNet weights."""
 
 from __future__ import annotations
