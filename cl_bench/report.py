@@ -271,6 +271,12 @@ def _shown_params(params: pd.Series, best: str) -> str:
     return ", ".join(f"{key.removeprefix('method.')}={_short(chosen[key])}" for key in varied)
 
 
+def read_report_csv(path: Path) -> pd.DataFrame:
+    """A report.csv as written: only empty cells are missing (a technique labelled "None", as van de
+    Ven & Tolias's lower bound, stays a label; pandas' default reads it as missing)."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
 def once_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
     """Each experiment, selected weights and seed counted once: a run repeated in another folder given
     to the report is the same measurement again, not another seed. A finished run is kept over an

@@ -336,6 +336,7 @@ class BareLoop:
         self.timing = {"train_seconds": 0.0, "eval_seconds": 0.0, "train_steps": 0}
         self.rows: list[dict] = []
         self.test_matrix: list[list[float]] = []
+        self.optimizer = None
         self.tested: dict[int, list[float]] = {}  # test accuracies by the global step they were measured at
         self.best: tuple[float, int, dict] = (-math.inf, -1, {})  # mean val, global step, state
         self.anchors: list[tuple[dict, dict]] = []  # EWC: (Fisher, θ*) of each finished task
@@ -363,12 +364,16 @@ class BareLoop:
 
         task, plan = self.tasks[k], self.plan
         teacher = record_logits(self.model, task.train) if plan.method == "kd" and k > 0 else None
-        params = self.model.parameters()
-        optimizer = (
-            torch.optim.SGD(params, lr=plan.lrs[k], momentum=MOMENTUM)
-            if plan.optimizer == "sgd"
-            else torch.optim.Adam(params, lr=plan.lrs[k])
-        )
+        if self.optimizer is None:  # one optimiser for the whole sequence, as cl-bench's optimizer_state=carry
+            params = self.model.parameters()
+            self.optimizer = (
+                torch.optim.SGD(params, lr=plan.lrs[k], momentum=MOMENTUM)
+                if plan.optimizer == "sgd"
+                else torch.optim.Adam(params, lr=plan.lrs[k])
+            )
+        optimizer = self.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = plan.lrs[k]
         self.log(k)
         loss_sum, since, started = torch.zeros(()), 0, time.perf_counter()
         for step, index in enumerate(index_batches(len(task.train.y), plan.batch_size, plan.steps[k], self.sampler), 1):

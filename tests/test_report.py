@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from cl_bench import CONFIG_DIR, __version__
 from cl_bench.experiment_keys import experiment_identity
 from cl_bench.report import main as report_main
-from cl_bench.report import write_report
+from cl_bench.report import read_report_csv, write_report
 
 
 def compose_run(*overrides: str):
@@ -70,7 +70,7 @@ class Sweep:
 
     def report(self, **flags) -> tuple[str, pd.DataFrame]:
         text = write_report([self.root], self.root, **flags)
-        return text, pd.read_csv(self.root / "report.csv")
+        return text, read_report_csv(self.root / "report.csv")
 
 
 @pytest.fixture
@@ -283,11 +283,11 @@ def test_a_real_sweep_over_models_gives_a_row_per_model(tmp_path):
                "eval_every=10", "threads=1", f"output_root={tmp_path / 'out'}", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    table = pd.read_csv(sweep / "report.csv")
+    table = read_report_csv(sweep / "report.csv")
     assert sorted(table.Technique) == ["Baseline · model=mlp", "Baseline · model=mlp400"]
     assert "| Baseline · model=mlp400 |" in done.stdout
     write_report([sweep], tmp_path / "final", metric="final_accuracy")
-    finals = pd.read_csv(tmp_path / "final" / "report.csv").set_index("Technique").final_accuracy
+    finals = read_report_csv(tmp_path / "final" / "report.csv").set_index("Technique").final_accuracy
     for job in sweep.glob("*/summary.json"):
         (model,) = [o for o in OmegaConf.load(job.parent / ".hydra" / "overrides.yaml") if o.startswith("model=")]
         expected = json.loads(job.read_text())["average_final_accuracy"]
@@ -300,6 +300,6 @@ def test_a_run_repeated_in_two_sweeps_counts_as_one_seed(tmp_path):
     first.add("seed=1", final_val=(0.7, 0.7))
     second.add("seed=1", final_val=(0.7, 0.7))  # the same experiment and seed, run again
     write_report([first.root, second.root], tmp_path / "both", metric="final_accuracy")
-    table = pd.read_csv(tmp_path / "both" / "report.csv")
+    table = read_report_csv(tmp_path / "both" / "report.csv")
     assert table.n.tolist() == [2]
     assert table.final_val_accuracy.tolist() == [pytest.approx(0.65)]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pandas as pd
 import wandb
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cl_bench.loggers.wandb import WandbLogger, sweep_group
+from cl_bench.report import read_report_csv
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def publish_report(config: DictConfig, sweep_dir: Path) -> None:
         return
     group = sweep_group(sweep_dir)
     try:
-        table = pd.read_csv(sweep_dir / REPORT_CSV)
+        table = read_report_csv(sweep_dir / REPORT_CSV)
         run = logger.open_run(sweep_dir, "report", f"report {group}", group, {"sweep_dir": str(sweep_dir)})
         try:
             media = {"score_table": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))}
