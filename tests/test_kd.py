@@ -247,13 +247,14 @@ def test_state_dict_round_trip_rebuilds_the_teacher(mode):
     assert restored.state_dict().keys() == state.keys()
 
 
-def test_van_de_ven_weighting_and_reduction_equal_their_formula():
+@pytest.mark.parametrize("reduction, per_unit", [("mean", 1 / 3), ("mean_over_groups", 1.0)])
+def test_van_de_ven_weighting_and_reduction_equal_their_formula(reduction, per_unit):
     """Task-IL, third task (t = 3): L = (1/3)·L_task + (2/3)·T²·mean over the two earlier tasks of the
-    distillation averaged over each task's units (van de Ven & Tolias's 2018 code)."""
+    distillation, averaged over each task's 3 units (their 2018 code) or summed (since 2019)."""
     scenario = Scenario("task", [3, 3, 3])
     tasks = make_tasks(3)
     model = make_model(scenario)
-    lwf = KD(kappa=1.0, T=2.0, t_squared=True, weighting="tasks_seen", reduction="mean")
+    lwf = KD(kappa=1.0, T=2.0, t_squared=True, weighting="tasks_seen", reduction=reduction)
     start(lwf, model, tasks, scenario, 0)
     start(lwf, model, tasks, scenario, 1)
     perturb(model, seed=3)
@@ -262,7 +263,7 @@ def test_van_de_ven_weighting_and_reduction_equal_their_formula():
     teacher = model(batch.x).detach()[:, :6]  # the model as task 1 ended
     perturb(model)
     logits = model(batch.x)
-    per_task = [hand_kd(logits.detach(), teacher, [(s, s + 3)], 2.0) / 3 for s in (0, 3)]  # / 3 units
+    per_task = [per_unit * hand_kd(logits.detach(), teacher, [(s, s + 3)], 2.0) for s in (0, 3)]
     expected = (1 - 1 / 3) * 4.0 * sum(per_task) / 2
     assert lwf.task_loss_weight(ctx) == pytest.approx(1 / 3)
     assert torch.allclose(lwf.loss_terms(ctx, batch, logits)["kd"].double(), expected, rtol=1e-5)

@@ -15,7 +15,7 @@ from cl_bench.methods.params import choice, number
 
 TEACHER_MODES = ("auto", "recorded", "live")
 WEIGHTINGS = ("sum", "tasks_seen")
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = ("sum", "mean_over_groups", "mean")
 STATE_KEYS = {"teacher", "recorded", "recorded_task"}
 # Examples per teacher forward pass when recording a task's outputs (inference only).
 RECORD_BATCH_SIZE = 1024
@@ -25,13 +25,13 @@ def distillation_losses(
     student: Tensor, teacher: Tensor, groups: list[slice], T: float, reduction: str = "sum"
 ) -> Tensor:
     """Per-example H(softmax(teacher/T), softmax(student/T)) on each group's units, summed over the
-    groups (`reduction="sum"`), or, as van de Ven & Tolias's code takes it, averaged over the groups
-    and over each group's units (`"mean"`)."""
+    groups (`reduction="sum"`); averaged over the groups (`"mean_over_groups"`, van de Ven & Tolias's
+    code since 2019); or averaged over the groups and over each group's units (`"mean"`, their 2018 code)."""
     total = None
     for units in groups:
         target = F.softmax(_columns(teacher, units) / T, dim=1)
         terms = -(target * F.log_softmax(_columns(student, units) / T, dim=1))
-        loss = terms.sum(1) if reduction == "sum" else terms.mean(1)
+        loss = terms.mean(1) if reduction == "mean" else terms.sum(1)
         total = loss if total is None else total + loss
     if total is None:
         return student.new_zeros(len(student))
@@ -90,7 +90,7 @@ class KD(Method):
     old outputs the other way round; this follows Li & Hoiem. `t_squared` multiplies by T² (Hinton
     et al.'s scaling, which keeps gradient sizes comparable across temperatures). `reduction=mean`
     averages over the groups and over each group's units instead of summing (van de Ven & Tolias's
-    2018 code). `weighting=tasks_seen` gives (1/t)·L_task + (1 − 1/t)·κ·L_KD over the t tasks seen
+    2018 code), `reduction=mean_over_groups` over the groups only (their code since 2019). `weighting=tasks_seen` gives (1/t)·L_task + (1 − 1/t)·κ·L_KD over the t tasks seen
     so far (van de Ven & Tolias), where `sum` gives L_task + κ·L_KD.
 
     `teacher`: "recorded" runs the teacher once over the task's training split in `before_task`
