@@ -157,7 +157,7 @@ class Trainer:
         self.last_val: dict[str, list[float]] = {}
         self.best: tuple[float, dict[str, Tensor]] | None = None
         self.evaluations = EvaluationCache()
-        self.best_results: dict[str, list[float]] = {}  # the cache's results of the best state, filled as it goes
+        self.best_results: dict[str, dict[str, list[float]]] = {}  # the cache's results of the best state, by split
         self.stop_requested = False
 
     def context(self, task_idx: int) -> TrainContext:
