@@ -90,8 +90,9 @@ class KD(Method):
     old outputs the other way round; this follows Li & Hoiem. `t_squared` multiplies by T² (Hinton
     et al.'s scaling, which keeps gradient sizes comparable across temperatures). `reduction=mean`
     averages over the groups and over each group's units instead of summing (van de Ven & Tolias's
-    2018 code), `reduction=mean_over_groups` over the groups only (their code since 2019). `weighting=tasks_seen` gives (1/t)·L_task + (1 − 1/t)·κ·L_KD over the t tasks seen
-    so far (van de Ven & Tolias), where `sum` gives L_task + κ·L_KD.
+    2018 code), `reduction=mean_over_groups` over the groups only (their code since 2019).
+    `weighting=tasks_seen` gives (1/t)·L_task + (1 − 1/t)·κ·L_KD over the t tasks seen so far (van de
+    Ven & Tolias), where `sum` gives L_task + κ·L_KD.
 
     `teacher`: "recorded" runs the teacher once over the task's training split in `before_task`
     and looks its logits up by `batch.index` (LwF's "record Y_o"; every example must come from that
@@ -157,7 +158,7 @@ class KD(Method):
             loss = (losses * weight).sum() / weight.sum().clamp(min=1)
         scale = self.kappa * self.T**2 if self.t_squared else self.kappa
         if self.weighting == "tasks_seen":
-            scale *= 1 - 1 / (ctx.task_idx + 1)
+            scale *= 1 - self.task_loss_weight(ctx)
         return {"kd": scale * loss}
 
     def _teacher_logits(self, ctx: TrainContext, batch: Batch) -> tuple[Tensor, Tensor | None]:

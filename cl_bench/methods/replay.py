@@ -124,17 +124,19 @@ class Replay(Method):
         """Exemplars added to each batch (0 while the memory is empty)."""
         return min(self.replay_batch_size or ctx.batch_size, len(self.memory["y"])) if self.memory else 0
 
-    def _weights(self, ctx: TrainContext) -> tuple[float, float]:
-        """(task weight, replay weight) of the two mean cross-entropies."""
-        replayed = self.replayed_count(ctx)
+    def _weights(self, ctx: TrainContext, own: int) -> tuple[float, float]:
+        """(task weight, replay weight) of the two mean cross-entropies, `own` examples of the task
+        and the replayed ones in a batch."""
         if self.weighting == "tasks_seen":
             t = ctx.task_idx + 1
             return 1 / t, 1 - 1 / t
-        own = min(ctx.batch_size, len(self.train_data(ctx).split))
+        replayed = self.replayed_count(ctx)
         return own / (own + replayed), replayed / (own + replayed)
 
     def task_loss_weight(self, ctx: TrainContext) -> float:
-        return self._weights(ctx)[0] if self.memory else 1.0
+        """Called once per task: a batch holds min(batch_size, split size) of the task's examples."""
+        own = min(ctx.batch_size, len(self.train_data(ctx).split))
+        return self._weights(ctx, own)[0] if self.memory else 1.0
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
         """The replayed examples' weighted mean cross-entropy (they follow the batch's own)."""
@@ -143,7 +145,7 @@ class Replay(Method):
             return {}
         own = len(batch.y) - replayed
         loss = ctx.scenario.loss(logits[own:], batch.y[own:], batch.task_ids[own:])
-        return {"replay": self._weights(ctx)[1] * loss}
+        return {"replay": self._weights(ctx, own)[1] * loss}
 
     def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
         """The batch followed by exemplars drawn uniformly without replacement (index -1)."""
