@@ -94,3 +94,20 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
             flat[path] = json.dumps(value, sort_keys=True, default=str)
     return flat
 
+
+
+def changes_experiment(key: str) -> bool:
+    """Whether dotted `key` (a command-line override's key) can change what a run computes: False for
+    a key in NON_EXPERIMENT_KEYS or under one (`logger.mode`, `dataset.split_mnist.root`)."""
+    parts = key.split(".")
+    for listed in NON_EXPERIMENT_KEYS:
+        pattern = listed.split(".")
+        if len(pattern) <= len(parts) and all(p in ("*", k) for p, k in zip(pattern, parts)):
+            return False
+    return True
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (a key missing on one side differs)."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    return sorted(key for key in {*flat_a, *flat_b} if flat_a.get(key) != flat_b.get(key))

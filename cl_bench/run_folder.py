@@ -1,0 +1,141 @@
+"""A run folder's own records, kept apart from Hydra's `.hydra/` (which Hydra rewrites on every start,
+before our code runs): the config the run started with, copies of Hydra's files of that start, and a
+lock held while a process works in the folder. A run folder belongs to one experiment and seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, OmegaConf
+
+from cl_bench.checkpoint import write_text
+from cl_bench.experiment_keys import differing_keys, experiment_identity
+
+STATE_DIR = ".cl_bench"  # <run folder>/.cl_bench/: the run's own config, Hydra's files, lock, W&B run id
+CONFIG_FILE = "config.yaml"
+HYDRA_FILES = ("hydra.yaml", "overrides.yaml")  # copied from .hydra/ at the run's first start
+
+
+class ConfigMismatch(ValueError):
+    """A run folder asked to continue with a config other than the one it started with."""
+
+
+class FolderInUse(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+def state_dir(run_dir: Path) -> Path:
+    return run_dir / STATE_DIR
+
+
+def saved_config_path(run_dir: Path) -> Path:
+    return state_dir(run_dir) / CONFIG_FILE
+
+
+def load_saved_config(run_dir: Path) -> DictConfig | None:
+    """The config the run in `run_dir` started with, or None for a folder without one."""
+    path = saved_config_path(run_dir)
+    return OmegaConf.load(path) if path.exists() else None
+
+
+def run_identity(config: DictConfig | dict) -> dict[str, Any]:
+    """What a run folder is bound to: the experiment's identity and the seed."""
+    seed = config.get("seed")
+    return {**experiment_identity(config), "seed": seed}
+
+
+def mismatch(saved: DictConfig, config: DictConfig) -> list[str]:
+    """The dotted keys on which `config` would compute something other than `saved`."""
+    return differing_keys(run_identity(saved), run_identity(config))
+
+
+def shown(value: Any) -> str:
+    """A config value in a message: a node by its target's class name, anything else compactly."""
+    if isinstance(value, dict) and "_target_" in value:
+        return str(value["_target_"]).rsplit(".", 1)[-1]
+    text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def summarised(keys: list[str]) -> list[str]:
+    """`keys` with the keys under a node whose `_target_` differs folded into the node."""
+    nodes = [key.removesuffix("._target_") for key in keys if key.endswith("._target_")]
+    return [key for key in keys if not any(key.startswith(f"{node}.") for node in nodes)] + nodes
+
+
+def _at(tree: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return "unset"
+        tree = tree[part]
+    return tree
+
+
+def describe_mismatch(run_dir: Path, keys: list[str], saved: DictConfig, config: DictConfig) -> str:
+    """One line: the folder, up to four differing keys with both values, and the two ways out."""
+    old, new = run_identity(saved), run_identity(config)
+    keys = sorted(summarised(keys))
+    listed = ", ".join(f"{key}={shown(_at(new, key))} (the run has {shown(_at(old, key))})" for key in keys[:4])
+    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+    return (f"{run_dir} holds a run of another config: {listed}{more}. Use a new folder (hydra.run.dir=... or "
+            f"hydra.sweep.dir=...), or continue that run as it was: cl-bench resume={run_dir}")
+
+
+def claim(run_dir: Path, config: DictConfig) -> None:
+    """Bind `run_dir` to `config` at its first start (saving it and Hydra's files of this start);
+    at a later start, raise ConfigMismatch if `config` is another experiment or seed, after putting
+    back the `.hydra/` files Hydra overwrote for this refused start."""
+    saved = load_saved_config(run_dir)
+    if saved is None:
+        write_text(OmegaConf.to_yaml(config), saved_config_path(run_dir))
+        for name in HYDRA_FILES:
+            if (run_dir / ".hydra" / name).exists():
+                shutil.copyfile(run_dir / ".hydra" / name, state_dir(run_dir) / name)
+        return
+    keys = mismatch(saved, config)
+    if keys:
+        restore_hydra_files(run_dir)
+        raise ConfigMismatch(describe_mismatch(run_dir, keys, saved, config))
+
+
+def restore_hydra_files(run_dir: Path) -> None:
+    """Put the run's own config and Hydra files back into `.hydra/`, if Hydra rewrote it."""
+    hydra_dir = run_dir / ".hydra"
+    if not hydra_dir.exists():
+        return
+    shutil.copyfile(saved_config_path(run_dir), hydra_dir / "config.yaml")
+    for name in HYDRA_FILES:
+        if (state_dir(run_dir) / name).exists():
+            shutil.copyfile(state_dir(run_dir) / name, hydra_dir / name)
+
+
+class RunLock:
+    """Held for a whole run: a second process in the same folder is refused, naming the holder's PID.
+    The OS releases it when the process dies (SIGKILL included)."""
+
+    def __init__(self, run_dir: Path):
+        self.folder = state_dir(run_dir)
+        self.owner = self.folder / "lock.owner"
+        self.lock = FileLock(self.folder / "lock", blocking=False)
+
+    def __enter__(self) -> "RunLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire()
+        except Timeout:
+            holder = self.owner.read_text().strip() if self.owner.exists() else "unknown"
+            raise FolderInUse(
+                f"{self.folder.parent} is in use by another cl-bench process (PID {holder}); wait for it to end, "
+                f"or stop it (kill {holder}) and resume"
+            ) from None
+        self.owner.write_text(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.owner.unlink(missing_ok=True)
+        self.lock.release()
