@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cl_bench import CONFIG_DIR
 
@@ -56,7 +56,8 @@ def watch_sweep_signals() -> None:
 
 def override_keys() -> list[str]:
     """The config keys this job's command line sets (`method`, `method.kappa`, `lr`...)."""
-    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    task = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    overrides = OverridesParser.create().parse_overrides(task)
     return [override.key_or_group for override in overrides]
 
 

@@ -9,10 +9,11 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.checkpoint import load_checkpoint, save_checkpoint
+from cl_bench.checkpoint import CorruptState, load_checkpoint, remove_partial_writes, save_checkpoint
 from cl_bench.metrics_log import MetricsLog
 from cl_bench.trainer import STATE_FORMAT, SequenceResult, Trainer
 
@@ -40,7 +41,8 @@ def first_task_key(cfg: DictConfig, device_type: str) -> str:
 
 
 class FirstTaskCache:
-    """Replaces training task 0: loads the cached state, or trains it and stores it."""
+    """Replaces training task 0: loads the cached state, or trains it and stores it (also in place of
+    an entry that does not verify)."""
 
     def __init__(self, cache_dir: Path, key: str, metrics: MetricsLog):
         self.path = cache_dir / "first_task" / f"{key}.pt"
@@ -50,8 +52,10 @@ class FirstTaskCache:
     def __call__(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{self.path}.lock"):
-            if self.path.exists():
-                self._restore(trainer, load_checkpoint(self.path, trainer.device))
+            remove_partial_writes(self.path.parent, self.path.name)
+            state = self._load(trainer.device)
+            if state is not None:
+                self._restore(trainer, state)
                 self.hit = True
                 log.info("task A loaded from %s", self.path)
                 return
@@ -61,6 +65,16 @@ class FirstTaskCache:
             del state["method"]
             state["rows"] = self.metrics.rows[rows_before:]
             save_checkpoint(state, self.path)
+
+    def _load(self, device: torch.device) -> dict | None:
+        """The cached state; None when there is none, or when it does not verify (it is retrained)."""
+        if not self.path.exists():
+            return None
+        try:
+            return load_checkpoint(self.path, device)
+        except CorruptState as error:
+            log.warning("%s; retraining task A to replace it", error)
+            return None
 
     @staticmethod
     def _restore(trainer: Trainer, state: dict) -> None:

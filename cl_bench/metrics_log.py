@@ -33,7 +33,7 @@ class MetricsLog:
         with self.path.open("a") as file:
             file.write(_json_row(row) + "\n")
         for listener in self.listeners:
-            listener(row)
+            listener(row, len(self.rows) - 1)
 
     def resume(self, n_rows: int) -> None:
         """Keep the file's first `n_rows` rows (those a checkpoint accounts for), drop the rest."""

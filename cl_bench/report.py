@@ -5,14 +5,31 @@
 when their configs (cl_bench.experiment_keys) agree on everything but the seed and the weights being
 selected over (the method's `selectable` and `--select` keys). Within a row the weights with the best
 mean validation metric over seeds are chosen, and that choice's test metric is reported.
+
+A run's config is the one it started with, `<run>/.cl_bench/config.yaml` (with `hydra.yaml` and
+`overrides.yaml` beside it); run folders of earlier versions have only Hydra's `.hydra/`, which Hydra
+rewrites at every start in the folder, so it is read only where `.cl_bench/` has no config. A saved
+config is data: it is checked (cl_bench.config_safety) before any class it names is imported, and a
+run whose config names a target that is not allowed is left out. Whatever cannot be read is named in
+a one-line warning: a missing, truncated or invalid config leaves its run out; an unreadable
+`summary.json` counts the job as "unreadable" in its row.
+
+A job's status is ok, failed, interrupted, not_run (a sweep stopped before it), running (no summary
+yet) or unreadable; each row counts its jobs of every status (`n` is the chosen weights' ok seeds),
+and a row without an ok job shows its state. Written to the output folder: `report.md` (the table,
+then the jobs without a result: their folder, status, overrides and error), `report.csv` (one line
+per experiment, a count column per status), `jobs.csv` (one line per job counted: its row's
+Technique, folder, status, seed, overrides, error) and `comparison.png`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
@@ -20,15 +37,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from hydra.experimental.callback import Callback
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cl_bench import __version__
+from cl_bench.config_safety import UnsafeTarget, check_targets
 from cl_bench.experiment_keys import experiment_identity, flatten
 from cl_bench.figures import plot_comparison
 from cl_bench.metrics import task_letters
 from cl_bench.metrics_log import METRICS_FILE, read_metrics
+from cl_bench.run_folder import CONFIG_FILE, STATE_DIR, saved_config_path, state_dir
 from cl_bench.summary import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
@@ -36,6 +56,16 @@ log = logging.getLogger(__name__)
 DEFAULT_LR_LABELS = {"0.001": "", "0.0001": "low lr"}
 WANDB_LOGGER = "cl_bench.loggers.wandb.WandbLogger"
 SPREADS = {"std": "sample std", "sem": "SEM (sample std / √n)"}
+HYDRA_DIR = ".hydra"
+RUN_MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{STATE_DIR}/{CONFIG_FILE}", f"{HYDRA_DIR}/{CONFIG_FILE}")
+REQUIRED_KEYS = ("method._target_", "model._target_", "dataset", "seed")  # in every cl_bench run's config
+# The statuses of a job without a result, in the order a row without an ok job shows the first it has.
+NOT_OK = ("failed", "unreadable", "interrupted", "not_run", "running")
+STATUSES = ("ok", *NOT_OK)
+LISTED = ("failed", "unreadable", "interrupted", "not_run")  # the jobs named under the table
+JOB_COLUMNS = ["Technique", "job", "status", "seed", "overrides", "error"]
+# What reading a saved file may raise: the file, its encoding, its YAML / JSON, OmegaConf's grammar.
+READ_ERRORS = (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException)
 
 
 @dataclass(frozen=True)
@@ -70,42 +100,123 @@ class Settings:
 
 @dataclass
 class Run:
-    """A run folder's config (unresolved), summary (None while running) and Hydra group choices."""
+    """A run folder's config (unresolved), summary (None while running), Hydra group choices and
+    command-line overrides (None when unknown)."""
 
     folder: Path
     config: DictConfig
     summary: dict | None
     choices: dict[str, Any]
+    overrides: str | None
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (YAML errors span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def find_run_dirs(roots: list[Path]) -> list[Path]:
-    """Folders under `roots` that hold a run: a summary, or metrics of a run still going."""
+    """Folders under `roots` that hold a run: a summary, metrics, or a saved config."""
     found = set()
     for root in roots:
         if not root.exists():
             raise FileNotFoundError(f"no such run or multirun folder: {root}")
-        for marker in (SUMMARY_FILE, METRICS_FILE, ".hydra/config.yaml"):
-            found.update(p.parent for p in root.rglob(marker) if p.parent.name != ".hydra")
-            found.update(p.parent.parent for p in root.rglob(marker) if p.parent.name == ".hydra")
+        for marker in RUN_MARKERS:
+            depth = marker.count("/") + 1
+            found.update(path.parents[depth - 1] for path in root.rglob(marker))
     return sorted(found)
 
 
-def _choices(run_dir: Path) -> dict[str, Any]:
-    """The run's config group choices (`model: mlp400`) from .hydra/hydra.yaml, if readable."""
-    path = run_dir / ".hydra" / "hydra.yaml"
-    choices = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices") if path.exists() else None
-    return OmegaConf.to_container(choices, resolve=False) if choices is not None else {}
+def saved_config_dir(run_dir: Path) -> Path:
+    """Where the run's config, hydra.yaml and overrides.yaml are: .cl_bench/ (the config the run
+    started with) when it holds a config, else Hydra's .hydra/ (run folders of earlier versions)."""
+    return state_dir(run_dir) if saved_config_path(run_dir).exists() else run_dir / HYDRA_DIR
 
 
-def read_run(run_dir: Path) -> Run | None:
-    """The run in `run_dir`, or None (with a warning) when it has no .hydra/config.yaml."""
-    config_path = run_dir / ".hydra" / "config.yaml"
-    if not config_path.exists():
-        log.warning("left out of the report: %s has no .hydra/config.yaml", run_dir)
+def read_config(path: Path) -> DictConfig:
+    """A saved run config; ValueError unless it is a whole one (it ends as a written YAML file ends, with
+    a newline, and holds the keys every run's config has)."""
+    if not path.read_bytes().endswith(b"\n"):
+        raise ValueError("truncated (it does not end with a newline)")
+    config = OmegaConf.load(path)
+    if not isinstance(config, DictConfig):
+        raise ValueError("not a mapping of config keys")
+    tree = OmegaConf.to_container(config, resolve=False)
+    missing = [key for key in REQUIRED_KEYS if _lookup(tree, key) is None]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} (truncated, or not a cl_bench run's config)")
+    return config
+
+
+def read_summary(path: Path) -> dict | None:
+    """The job's summary: None while none is written; status "unreadable" (with a warning) when it
+    cannot be read or is not a cl_bench summary."""
+    if not path.exists():
         return None
-    path = run_dir / SUMMARY_FILE
-    summary = json.loads(path.read_text()) if path.exists() else None
-    return Run(run_dir, OmegaConf.load(config_path), summary, _choices(run_dir))
+    try:
+        summary = json.loads(path.read_text())
+        status = summary.get("status") if isinstance(summary, dict) else None
+        if status not in STATUSES:
+            raise ValueError(f"not a cl_bench job summary (status {status!r})")
+    except READ_ERRORS as error:
+        log.warning("%s cannot be read (%s): its job is counted as unreadable", path, _one_line(error))
+        return {"status": "unreadable", "error": f"{path.name}: {_one_line(error)}"}
+    return summary
+
+
+def _choices(path: Path) -> dict[str, Any]:
+    """The config group choices (`model: mlp400`) of a saved hydra.yaml; none when it is missing or
+    (with a warning) unreadable."""
+    if not path.exists():
+        return {}
+    try:
+        hydra = OmegaConf.load(path)
+        choices = OmegaConf.select(hydra, "hydra.runtime.choices") if isinstance(hydra, DictConfig) else None
+    except READ_ERRORS as error:
+        log.warning("%s cannot be read (%s): its run's row is labelled without its config group choices",
+                    path, _one_line(error))
+        return {}
+    return OmegaConf.to_container(choices, resolve=False) if isinstance(choices, DictConfig) else {}
+
+
+def _overrides(path: Path) -> str | None:
+    """The job's command-line overrides as typed (`method=kd lr=0.01`); None when missing or (with a
+    warning) unreadable."""
+    if not path.exists():
+        return None
+    try:
+        overrides = OmegaConf.load(path)
+    except READ_ERRORS as error:
+        log.warning("%s cannot be read (%s): its job's overrides are shown as unknown", path, _one_line(error))
+        return None
+    return " ".join(map(str, overrides)) if isinstance(overrides, ListConfig) else None
+
+
+def read_run(run_dir: Path, config_dirs: list[Path] | None = None) -> Run | None:
+    """The run in `run_dir`, or None (with a warning naming what was not read) when it has no run's
+    config, an unreadable one, or one whose targets are not allowed (checked before anything of it is
+    imported; `config_dirs` as check_targets')."""
+    saved = saved_config_dir(run_dir)
+    config_path = saved / CONFIG_FILE
+    if not config_path.exists():
+        log.warning("left out of the report: %s has no config (%s/%s or %s/%s)", run_dir, STATE_DIR, CONFIG_FILE,
+                    HYDRA_DIR, CONFIG_FILE)
+        return None
+    if saved.name == HYDRA_DIR and not any((run_dir / name).exists() for name in (SUMMARY_FILE, METRICS_FILE)):
+        log.warning("left out of the report: %s has only Hydra's %s/ (no %s/%s, %s or %s): no run started there",
+                    run_dir, HYDRA_DIR, STATE_DIR, CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)
+        return None
+    try:
+        config = read_config(config_path)
+        check_targets(config, source=str(config_path), config_dirs=config_dirs)
+    except UnsafeTarget as error:
+        log.warning("left out of the report: %s: %s", run_dir, _one_line(error))
+        return None
+    except READ_ERRORS as error:
+        log.warning("left out of the report: %s cannot be read: %s", config_path, _one_line(error))
+        return None
+    return Run(run_dir, config, read_summary(run_dir / SUMMARY_FILE), _choices(saved / "hydra.yaml"),
+               _overrides(saved / "overrides.yaml"))
 
 
 def _agreed(runs: list[Run], key: str, flag: str | None, default: str, allowed) -> str:
@@ -133,11 +244,15 @@ def report_settings(runs: list[Run], metric: str | None = None, spread: str | No
 
 
 @lru_cache(maxsize=None)
-def method_selectable(target: str | None) -> tuple[str, ...]:
-    """`method.<name>` for the method class's `selectable`; none if the class cannot be imported."""
+def method_selectable(target: str) -> tuple[str, ...]:
+    """`method.<name>` for the method class's `selectable` (of a config check_targets allowed); none,
+    with a warning, if the class cannot be imported."""
+    module, _, name = target.rpartition(".")
     try:
-        return tuple(f"method.{name}" for name in get_class(target).selectable)
-    except Exception:  # noqa: BLE001 (an unknown or broken target: nothing to select over)
+        return tuple(f"method.{key}" for key in getattr(importlib.import_module(module), name).selectable)
+    except Exception as error:  # noqa: BLE001 (a target of an earlier version, or broken code: nothing to select)
+        log.warning("%s cannot be imported (%s: %s): its runs select over no method weights", target,
+                    type(error).__name__, _one_line(error))
         return ()
 
 
@@ -163,23 +278,24 @@ def metric_values(summary: dict, metric: str) -> tuple[Any, Any, dict[str, Any]]
 
 
 def _version_tag(summary: dict | None) -> str:
-    """"" for the current cl_bench (and runs still going); else the version that made the run."""
-    if summary is None:
+    """"" for the current cl_bench (and jobs without a result that do not say: running, not run,
+    unreadable); else the version that made the run."""
+    version = ((summary or {}).get("versions") or {}).get("cl_bench")
+    if version is None and (summary is None or summary["status"] in ("running", "not_run", "unreadable")):
         return ""
-    version = (summary.get("versions") or {}).get("cl_bench")
     return "" if version == __version__ else version or "unknown"
 
 
-def _method_label(config: DictConfig, target: str | None) -> str:
+def _method_label(config: DictConfig, target: str) -> str:
     """`method.label`, else the method's class name."""
-    return OmegaConf.select(config, "method.label", default=None) or str(target).rsplit(".", 1)[-1]
+    return OmegaConf.select(config, "method.label", default=None) or target.rsplit(".", 1)[-1]
 
 
 def run_record(run: Run, settings: Settings) -> dict[str, Any]:
     """One run as a flat record: its identity, selected weights, status and metric values."""
     summary = run.summary or {"status": "running"}
     config = run.config
-    target = OmegaConf.select(config, "method._target_", default=None)
+    target = OmegaConf.select(config, "method._target_")
     selected = [*method_selectable(target), *settings.select]
     full = experiment_identity(config)
     lr_labels = _plain(OmegaConf.select(config, "report.lr_labels", default=None)) or DEFAULT_LR_LABELS
@@ -187,6 +303,7 @@ def run_record(run: Run, settings: Settings) -> dict[str, Any]:
         "run_dir": str(run.folder),
         "status": summary.get("status"),
         "error": summary.get("error"),
+        "overrides": run.overrides,
         "method": summary.get("method") or _method_label(config, target),
         "lr": summary.get("lr", _lookup(full, "lr")),
         "seed": summary.get("seed", OmegaConf.select(config, "seed", default=None)),
@@ -209,7 +326,10 @@ def run_record(run: Run, settings: Settings) -> dict[str, Any]:
 
 
 def technique(method: str, lr: float, lr_labels: dict[str, str]) -> str:
-    """The two-cities post's row names: "Baseline", "Baseline (low lr)"; other rates spelt out."""
+    """The two-cities post's row names: "Baseline", "Baseline (low lr)"; other rates spelt out (as
+    written when not a number: a failed job's `lr=${oops}`)."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        return f"{method} (lr={lr})"
     label = lr_labels.get(f"{lr:g}", lr_labels.get(str(lr), f"lr={lr:g}"))
     return f"{method} ({label})" if label else method
 
@@ -232,16 +352,17 @@ def experiment_row(group: pd.DataFrame, metric: Metric, values: list[str]) -> di
     """One experiment's row: the selected weights with the best mean val metric, their statistics."""
     first = group.iloc[0]
     name = first.method if first.lr_selected else technique(first.method, first.lr, json.loads(first.lr_labels))
-    failed = int((group.status == "failed").sum())
+    counts = {status: int((group.status == status).sum()) for status in NOT_OK}
     row: dict[str, Any] = {
         "Technique": name + (f" [cl_bench {first.version}]" if first.version else ""),
         "name": name, "sequence": first.sequence, "scenario": first.scenario, "method": first.method,
-        "lr": first.lr, "version": first.version, "identity": first.identity, "choices": first.choices,
-        "failed": failed, "running": int(group.status.isin(["running", "interrupted"]).sum()),
+        "lr": first.lr, "version": first.version, "identity": first.identity, "choices": first.choices, **counts,
     }
     ok = group[group.status == "ok"]
     if ok.empty:
-        row.update(status="failed" if failed else "running", error=group.error.dropna().iloc[0] if failed else None)
+        state = next(status for status in NOT_OK if counts[status])
+        errors = group.error[group.status == state].dropna()
+        row.update(status=state, n=0, error=errors.iloc[0] if len(errors) else None)
         return row
     best_params = ok.groupby("params", sort=False)[metric.val].mean().fillna(-math.inf).idxmax()
     best = ok[ok.params == best_params]
@@ -366,9 +487,20 @@ def _cell(row: pd.Series, column: str, spread: str) -> str:
     return f"{100 * mean:.1f}%" + ("" if pd.isna(spread_value) else f" ± {100 * spread_value:.1f}")
 
 
+def _label(status: str) -> str:
+    """A status as the table says it: "not run"."""
+    return status.replace("_", " ")
+
+
 def _n_text(row: pd.Series) -> str:
-    extra = [f"{int(row[key])} {key}" for key in ("failed", "running") if row[key]]
+    """The chosen weights' ok seeds, then the row's jobs of every other status: "1 (1 failed, 2 not run)"."""
+    extra = [f"{int(row[status])} {_label(status)}" for status in NOT_OK if row[status]]
     return str(int(row.n)) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _state_cell(status: str) -> str:
+    """A row without an ok job: its state, in bold but while it is running."""
+    return _label(status) if status == "running" else f"**{_label(status)}**"
 
 
 def markdown_table(table: pd.DataFrame, runs: pd.DataFrame, settings: Settings) -> str:
@@ -385,8 +517,7 @@ def markdown_table(table: pd.DataFrame, runs: pd.DataFrame, settings: Settings) 
         cells = [f"{row.sequence} ({row.scenario}-IL)"] if several_sequences else []
         cells.append(row.Technique)
         if row.status != "ok":
-            cells += ["**failed**" if row.status == "failed" else "running"]
-            cells += [""] * (len(header) - len(cells))
+            cells += [_state_cell(row.status), *[""] * len(values), _n_text(row), "", ""]
         else:
             cells += [_cell(row, column, settings.spread) for column in values]
             cells += [row.shown_params, _n_text(row), f"{row.wall_time_s:.1f}"]
@@ -397,22 +528,89 @@ def markdown_table(table: pd.DataFrame, runs: pd.DataFrame, settings: Settings) 
     return "\n".join(lines) + "\n" + note
 
 
+def _job_folder(run_dir: str, out_dir: Path) -> str:
+    """A run folder relative to the report's folder when it is under it, else as found."""
+    try:
+        return str(Path(run_dir).resolve().relative_to(out_dir.resolve()))
+    except ValueError:
+        return run_dir
+
+
+def _natural(text: str) -> list:
+    """A sort key putting job 2 before job 10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def job_list(runs: pd.DataFrame, table: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Every job counted, by folder: its row's Technique, folder, status, seed, overrides, error."""
+    techniques = {(row.identity, row.version): row.Technique for row in table.itertuples()}
+    jobs = [
+        {"Technique": techniques[run.identity, run.version], "job": _job_folder(run.run_dir, out_dir),
+         "status": run.status, "seed": run.seed, "overrides": run.overrides, "error": run.error}
+        for run in runs.itertuples()
+    ]
+    return pd.DataFrame(sorted(jobs, key=lambda job: _natural(job["job"])), columns=JOB_COLUMNS)
+
+
+def _md(value: Any) -> str:
+    """A table cell: the first line of a text, "|" escaped."""
+    return str(value).split("\n", 1)[0].replace("|", "\\|")
+
+
+def jobs_markdown(jobs: pd.DataFrame) -> str:
+    """The section under the table naming each failed, unreadable, interrupted or not-run job; "" if none."""
+    listed = jobs[jobs.status.isin(LISTED)]
+    if listed.empty:
+        return ""
+    lines = ["Jobs without a result (every job: jobs.csv):", "", "| Technique | Job | Status | Overrides | Error |",
+             "|---|---|---|---|---|"]
+    for job in listed.itertuples():
+        overrides = "unknown" if pd.isna(job.overrides) else job.overrides or "none"
+        error = "" if pd.isna(job.error) else job.error
+        cells = [job.Technique, job.job, _label(job.status), overrides, error]
+        lines.append("| " + " | ".join(map(_md, cells)) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def run_records(runs: list[Run], settings: Settings) -> list[dict[str, Any]]:
+    """The runs as records; one whose config or summary holds values of the wrong shape is left out
+    with a warning."""
+    records = []
+    for run in runs:
+        try:
+            records.append(run_record(run, settings))
+        except (*READ_ERRORS, AttributeError, LookupError, TypeError) as error:
+            log.warning("left out of the report: %s: its config or summary cannot be read (%s: %s)",
+                        run.folder, type(error).__name__, _one_line(error))
+    return records
+
+
 def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,
-                 select: tuple[str, ...] = ()) -> str:
-    """Read the runs under `roots`, write report.md, report.csv and comparison.png to `out_dir`.
-    `metric`, `spread` and `select` as `cl-bench-report`'s flags (None: the runs' `report:` config)."""
-    found = [run for run in map(read_run, find_run_dirs(roots)) if run is not None]
-    if not found:
-        raise FileNotFoundError(f"no cl_bench runs under {', '.join(map(str, roots))}")
+                 select: tuple[str, ...] = (), config_dirs: list[Path] | None = None) -> str:
+    """Read the runs under `roots`, write report.md, report.csv, jobs.csv and comparison.png to `out_dir`.
+    `metric`, `spread` and `select` as `cl-bench-report`'s flags (None: the runs' `report:` config);
+    `config_dirs`: config folders whose targets the runs' configs may name (as check_targets')."""
+    run_dirs = find_run_dirs(roots)
+    where = ", ".join(map(str, roots))
+    if not run_dirs:
+        raise FileNotFoundError(f"no cl_bench runs under {where} (no folder there holds a "
+                                f"{' or '.join(RUN_MARKERS)})")
+    found = [run for run in (read_run(run_dir, config_dirs) for run_dir in run_dirs) if run is not None]
     settings = report_settings(found, metric, spread, select)
-    runs = once_per_seed(pd.DataFrame([run_record(run, settings) for run in found]))
+    records = run_records(found, settings)
+    if not records:
+        raise FileNotFoundError(f"no readable cl_bench runs under {where}: the {len(run_dirs)} run folder(s) "
+                                f"there were left out (see the warnings)")
+    runs = once_per_seed(pd.DataFrame(records))
     table = score_table(runs, settings)
-    text = markdown_table(table, runs, settings)
+    jobs = job_list(runs, table, out_dir)
+    text = markdown_table(table, runs, settings) + jobs_markdown(jobs)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(text)
     table.drop(columns=["name", "identity", "choices", "shown_params"], errors="ignore").to_csv(
         out_dir / "report.csv", index=False
     )
+    jobs.to_csv(out_dir / "jobs.csv", index=False)
     curves = {
         row.Technique: read_metrics(Path(row.best_run))
         for _, row in table.iterrows()
@@ -465,11 +663,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="the ± of the table: sample std or SEM (default: the runs' report.spread)")
     parser.add_argument("--select", nargs="+", action="extend", default=[], metavar="KEY",
                         help="more dotted config keys to select the best value of by validation (e.g. lr)")
+    parser.add_argument("--config-dir", type=Path, action="append", default=[], metavar="DIR",
+                        help="a config folder of your own (as given to cl-bench): the targets its configs name "
+                             "are allowed in the runs' saved configs")
     args = parser.parse_args(argv)
     try:
-        text = write_report(args.dirs, args.out or args.dirs[0], args.metric, args.spread, tuple(args.select))
-    except ValueError as error:
-        parser.exit(2, f"cl-bench-report: error: {error}\n")
+        text = write_report(args.dirs, args.out or args.dirs[0], args.metric, args.spread, tuple(args.select),
+                            args.config_dir)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"cl-bench-report: error: {_one_line(error)}\n")
     print(text)
 
 

@@ -9,33 +9,40 @@ import signal
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.checkpoint import CheckpointDir, load_checkpoint, write_json
+from cl_bench.checkpoint import CheckpointDir, load_weights_file, write_json
+from cl_bench.config_safety import check_targets
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.data.task import Task
+from cl_bench.experiment_keys import changes_experiment
 from cl_bench.figure_worker import CurveFigure
 from cl_bench.first_task_cache import FirstTaskCache, first_task_key
 from cl_bench.methods.build import build_method
-from cl_bench.models.head import grow_head
 from cl_bench.metrics_log import METRICS_CSV, METRICS_FILE, MetricsLog, write_metrics_csv
+from cl_bench.models.head import grow_head
 from cl_bench.precision import device_model_options
 from cl_bench.provenance import device_description, git_state, resolve_device, versions
+from cl_bench.run_folder import (
+    STATE_DIR, ConfigMismatch, RunLock, bind, check_claim, load_saved_config, saved_config_path, shown,
+)
 from cl_bench.scenario import Scenario
 from cl_bench.summary import SUMMARY_FILE, result_summary
 from cl_bench.trainer import IncompatibleState, StopRequested, Trainer
-from cl_bench.validate import validate_config
+from cl_bench.validate import check_against_tasks, validate_config
 
 log = logging.getLogger(__name__)
 
 FAILED_SCORE = 0.0  # what a failed run returns to a sweeper that maximises Score: the worst Score
 TASKS_FILE = "tasks.json"
+OMEGACONF_DETAIL = ("full_key:", "object_type=", "reference_type=")  # lines OmegaConf adds to its messages
 
 
 def describe(cfg: DictConfig) -> dict:
@@ -52,22 +59,46 @@ def describe(cfg: DictConfig) -> dict:
     }
 
 
-def resumed_config(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path]:
-    """With `resume=<run folder>`, that run's own config and folder; else the given ones."""
-    if not cfg.get("resume"):
-        return cfg, run_dir
+def _plain_at(config: DictConfig, key: str) -> Any:
+    """The value at dotted `key`, resolved where it can be (plain containers for a node)."""
+    value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+    if not OmegaConf.is_config(value):
+        return value
+    try:
+        return OmegaConf.to_container(value, resolve=True)
+    except Exception:  # noqa: BLE001 (e.g. a resolver of Hydra's runtime): compare as written
+        return OmegaConf.to_container(value, resolve=False)
+
+
+def resumed_config(cfg: DictConfig, override_keys: Sequence[str]) -> tuple[DictConfig, Path]:
+    """With `resume=<run folder>`: that run's own config and folder. An override given with `resume=`
+    is taken when it does not change the experiment (threads, device, checkpoint, logger, ...: the
+    keys of NON_EXPERIMENT_KEYS) or equals the saved value; any other is refused."""
     folder = Path(cfg.resume).expanduser()
-    saved = folder / ".hydra" / "config.yaml"
-    if not saved.exists():
-        raise FileNotFoundError(f"resume={cfg.resume}: no run folder there ({saved} is missing)")
-    config = OmegaConf.load(saved)
-    if "optimizer_state" not in config:
-        raise IncompatibleState(
-            f"resume={cfg.resume}: this run was made by cl_bench 0.1, whose settings meant something else (each "
-            f"task started a fresh optimiser; EWC's mode=online was today's mode=sum); start a new run instead"
+    saved = load_saved_config(folder)
+    if saved is None:
+        if (folder / ".hydra" / "config.yaml").exists():
+            raise IncompatibleState(
+                f"resume={cfg.resume}: this run was made by an earlier cl_bench (before 0.3), whose runs cannot "
+                f"be continued; start a new run (its results stay readable by cl-bench-report)"
+            )
+        raise FileNotFoundError(f"resume={cfg.resume}: not a cl_bench run folder (no {STATE_DIR}/config.yaml there)")
+    check_targets(saved, str(saved_config_path(folder)))
+    refused = []
+    for key in override_keys:
+        if key == "resume" or _plain_at(cfg, key) == _plain_at(saved, key):
+            continue
+        if changes_experiment(key):
+            refused.append(f"{key}={shown(_plain_at(cfg, key))} (the run has {shown(_plain_at(saved, key))})")
+        else:
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    if refused:
+        raise ConfigMismatch(
+            f"resume={cfg.resume}: {'; '.join(refused)} would change the experiment; a resumed run keeps its "
+            f"config (only keys such as threads, device, checkpoint.*, logger may be given with resume=): "
+            f"start a new run for another config"
         )
-    log.info("resuming %s (this invocation's own folder %s stays empty)", folder, run_dir)
-    return config, folder
+    return saved, folder
 
 
 @contextmanager
@@ -101,18 +132,18 @@ def task_record(task: Task) -> dict:
 
 
 def load_initial_weights(model: torch.nn.Module, path: str) -> None:
-    """`init_from`: a cl_bench checkpoint (its model) or a plain state dict, loaded safely."""
-    state = load_checkpoint(Path(path).expanduser())
+    """`init_from`: a cl_bench checkpoint (its model, checksum verified) or a plain state dict, loaded safely."""
+    state = load_weights_file(Path(path).expanduser())
     weights = state.get("model", state)
     if "head.weight" in weights:
         grow_head(model, weights["head.weight"].shape[0])
     model.load_state_dict(weights)
 
 
-def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict) -> None:
+def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, clock: WallClock) -> None:
     """Build everything from `cfg` and train the sequence, resuming from the run's last checkpoint."""
-    validate_config(cfg)
     method = build_method(cfg.method)  # its settings are checked here, before any data is read
+    bind(run_dir, cfg)  # the folder is this config's from now on
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -122,6 +153,7 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict) ->
     tasks = [task.to(device) for task in sequence]
     summary["tasks"] = [task.name for task in tasks]
     method.check(tasks)
+    check_against_tasks(cfg, tasks)
     write_json([task_record(task) for task in tasks], run_dir / TASKS_FILE)
     scenario = Scenario(cfg.scenario, [task.n_classes for task in tasks])
     model = instantiate(cfg.model, input_shape=tasks[0].input_shape, n_outputs=scenario.n_outputs(0),
@@ -129,14 +161,21 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict) ->
     if cfg.init_from:
         load_initial_weights(model, cfg.init_from)
     checkpoints = CheckpointDir(run_dir / "checkpoints", cfg.checkpoint.keep)
-    trainer = Trainer(cfg, tasks, model.to(device), method, scenario, device, metrics.append, checkpoints.save)
-    latest = checkpoints.latest()
-    if latest is not None:
-        state = load_checkpoint(latest, device)
+
+    def save(state: dict) -> None:
+        checkpoints.save({**state, "wall_time_s": clock.total()})
+
+    trainer = Trainer(cfg, tasks, model.to(device), method, scenario, device, metrics.append, save)
+    found = checkpoints.latest_verified(device)  # CorruptState when none of the run's checkpoints verifies
+    if found is not None:
+        latest, state = found
         metrics.resume(state["rows_logged"])
         trainer.load_state_dict(state)
+        clock.before = state.get("wall_time_s", 0.0)
         summary["resumed_from"] = str(latest)
         log.info("resumed from %s", latest)
+    else:
+        metrics.resume(0)  # from the start: no rows of a run killed before its first checkpoint
     first_task = None
     if cfg.first_task.cache and not method.changes_first_task:
         first_task = FirstTaskCache(Path(cfg.cache_dir), first_task_key(cfg, device.type), metrics)
@@ -146,39 +185,94 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict) ->
     summary.update(result_summary(metrics.rows, tasks, result, cfg.accuracy))
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, figure: CurveFigure | None = None) -> dict:
+@dataclass
+class WallClock:
+    """The run's wall time over all its parts: `before` is what the checkpoint resumed from had used."""
+
+    started: float = field(default_factory=time.perf_counter)
+    before: float = 0.0
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+
+def run_experiment(
+    cfg: DictConfig, run_dir: Path, figure: CurveFigure | None = None, override_keys: Sequence[str] = ()
+) -> dict:
     """Train the configured sequence in `run_dir` (or resume it); returns the summary, whose status
-    says whether it failed. Whatever was computed stays in the run folder. `figure` draws the curve
-    figure (one is started here if not given: `cl-bench` starts it before importing torch)."""
-    started = time.perf_counter()
+    says how it ended. Whatever was computed stays in the run folder. `figure` draws the curve figure
+    (one is started here if not given: `cl-bench` starts it before importing torch). `override_keys`:
+    the keys given on the command line (what `resume=` may take over).
+
+    A folder that is another process's, or another config's run, or a `resume=` that cannot be done is
+    refused before anything is written: status "refused", and no summary in any folder."""
+    clock = WallClock()
+    with ExitStack() as stack:
+        try:
+            if cfg.get("resume"):
+                cfg, run_dir = resumed_config(cfg, override_keys)
+            stack.enter_context(RunLock(run_dir))
+            check_claim(run_dir, cfg)
+        except Exception as error:  # noqa: BLE001 (any refusal: a one-line message, nothing written)
+            if figure is not None:
+                figure.close()
+            return {"status": "refused", "error": f"{error}"}
+        return run_in_folder(cfg, run_dir, figure or CurveFigure(), clock)
+
+
+def run_in_folder(cfg: DictConfig, run_dir: Path, figure: CurveFigure, clock: WallClock) -> dict:
+    """The run in its (locked, claimed) folder: ends with a summary whatever happens inside."""
     summary: dict = {"status": "running"}
-    cfg, run_dir = resumed_config(cfg, run_dir)
-    summary.update(describe(cfg))
-    logger = instantiate(cfg.logger)
-    metrics = MetricsLog(run_dir / METRICS_FILE, listeners=[logger.log_row])
-    figure = figure or CurveFigure()  # its helper imports matplotlib while this process works
+    logger, metrics = None, None
     try:
+        validate_config(cfg)
+        summary.update(describe(cfg))
+        logger = instantiate(cfg.logger)
+        metrics = MetricsLog(run_dir / METRICS_FILE, listeners=[logger.log_row])
         logger.start(cfg, run_dir)
-        train(cfg, run_dir, metrics, summary)
+        train(cfg, run_dir, metrics, summary, clock)
         summary["status"] = "ok"
     except StopRequested as stop:
         summary.update(status="interrupted", error=f"{stop}; continue with: cl-bench resume={run_dir}")
     except Exception as error:
-        summary.update(status="failed", error=f"{type(error).__name__}: {error}")
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        log.error("run failed: %s (traceback in %s)", summary["error"], run_dir / "error.txt")
+        summary.update(status="failed", error=one_line(error))
+        _attempt(lambda: (run_dir / "error.txt").write_text(traceback.format_exc()), run_dir / "error.txt", summary)
+        log.debug("run failed: %s (details in %s)", summary["error"], run_dir / "error.txt")
     except BaseException:
         summary.update(status="interrupted", error=f"stopped at once; continue with: cl-bench resume={run_dir}")
         raise
     finally:
-        summary.update(wall_time_s=time.perf_counter() - started, git=git_state(), versions=versions())
-        write_json(summary, run_dir / SUMMARY_FILE)
-        if metrics.rows:
-            write_metrics_csv(metrics.rows, run_dir / METRICS_CSV)  # the rows in memory: no re-read, no pandas
-            figure.draw(metrics.rows, run_dir / "curves.png", f"{summary['method']} (lr={summary['lr']:g})")
+        summary.update(wall_time_s=clock.total(), git=git_state(), versions=versions())
+        rows = metrics.rows if metrics is not None else []
+        if rows:  # the rows in memory: no re-read, no pandas
+            _attempt(lambda: write_metrics_csv(rows, run_dir / METRICS_CSV), run_dir / METRICS_CSV, summary)
+            title = f"{summary.get('method', 'run')} (lr={summary.get('lr', '?')})"
+            _attempt(lambda: figure.draw(rows, run_dir / "curves.png", title), run_dir / "curves.png", summary)
         figure.close()
-        logger.finish(summary, run_dir)
+        if logger is not None:
+            _attempt(lambda: logger.finish(summary, run_dir), "the logger", summary)
+        _attempt(lambda: write_json(summary, run_dir / SUMMARY_FILE), run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def one_line(error: Exception) -> str:
+    """An error as one line: its type and message (lines joined, OmegaConf's key/type lines left out),
+    and the config key it names."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    text = " ".join(line for line in lines if line and not line.startswith(OMEGACONF_DETAIL))
+    key = getattr(error, "full_key", None)
+    return f"{type(error).__name__}: {text}" + (f" (at {key})" if key and str(key) not in text else "")
+
+
+def _attempt(action: Callable[[], object], what: object, summary: dict) -> None:
+    """Run one of a run's closing writes; a failure (a full disk) is logged in one line and fails the
+    run, without stopping the writes after it."""
+    try:
+        action()
+    except Exception as error:  # noqa: BLE001
+        log.error("could not write %s: %s", what, error)
+        if summary.get("status") == "ok":
+            summary.update(status="failed", error=f"could not write {what}: {error}")
 
 
 def objective(summary: dict) -> float:

@@ -86,21 +86,26 @@ def describe_mismatch(run_dir: Path, keys: list[str], saved: DictConfig, config:
             f"hydra.sweep.dir=...), or continue that run as it was: cl-bench resume={run_dir}")
 
 
-def claim(run_dir: Path, config: DictConfig) -> None:
-    """Bind `run_dir` to `config` at its first start (saving it and Hydra's files of this start);
-    at a later start, raise ConfigMismatch if `config` is another experiment or seed, after putting
-    back the `.hydra/` files Hydra overwrote for this refused start."""
+def check_claim(run_dir: Path, config: DictConfig) -> None:
+    """Raise ConfigMismatch if `run_dir` holds a run of another experiment or seed than `config`, after
+    putting back the `.hydra/` files Hydra overwrote for this refused start."""
     saved = load_saved_config(run_dir)
-    if saved is None:
-        write_text(OmegaConf.to_yaml(config), saved_config_path(run_dir))
-        for name in HYDRA_FILES:
-            if (run_dir / ".hydra" / name).exists():
-                shutil.copyfile(run_dir / ".hydra" / name, state_dir(run_dir) / name)
-        return
-    keys = mismatch(saved, config)
+    keys = mismatch(saved, config) if saved is not None else []
     if keys:
         restore_hydra_files(run_dir)
         raise ConfigMismatch(describe_mismatch(run_dir, keys, saved, config))
+
+
+def bind(run_dir: Path, config: DictConfig) -> None:
+    """At a run's first start (once its config is known to be valid), save the config and Hydra's
+    files of this start; a folder already bound keeps what it has."""
+    if saved_config_path(run_dir).exists():
+        return
+    for name in HYDRA_FILES:
+        if (run_dir / ".hydra" / name).exists():
+            state_dir(run_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / ".hydra" / name, state_dir(run_dir) / name)
+    write_text(OmegaConf.to_yaml(config), saved_config_path(run_dir))
 
 
 def restore_hydra_files(run_dir: Path) -> None:

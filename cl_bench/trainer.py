@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-import cl_bench
 from cl_bench.data.task import Task
 from cl_bench.evaluation import ROW_PREFIX, accuracies
 from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
@@ -39,9 +38,9 @@ class IncompatibleState(ValueError):
     """A checkpoint written by a cl_bench whose settings meant something else."""
 
 
-# Checkpoints (and task-A cache entries) are read only by the cl_bench version that wrote them
-# up to this prefix: 0.2 carries the optimiser across tasks by default and renamed EWC's modes.
-STATE_FORMAT = ".".join(cl_bench.__version__.split(".")[:2])
+# Checkpoints (and task-A cache entries) are read only by a cl_bench that writes this format: 0.2
+# carries the optimiser across tasks by default and renamed EWC's modes; 0.3 files carry a SHA-256.
+STATE_FORMAT = "0.3"
 
 
 @dataclass

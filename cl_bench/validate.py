@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
+import typing
+from typing import Any, Callable, Iterator
+
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cl_bench.data.sequences import ORDERS
+from cl_bench.data.task import Task
 from cl_bench.evaluation import ACCURACIES, TASK_AWARE
 from cl_bench.optim import OPTIMIZER_STATES
 from cl_bench.precision import PRECISIONS
 from cl_bench.scenario import SCENARIOS
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# Rules of the optimiser node's numeric keys (torch.optim's names), checked when present.
+OPTIMIZER_NUMBERS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "weight_decay": ("≥ 0", lambda v: v >= 0),
+    "lr_decay": ("≥ 0", lambda v: v >= 0),
+    "momentum": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "dampening": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "eps": ("> 0", lambda v: v > 0),
+}
+OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "maximize")
 
 
 class ConfigError(ValueError):
@@ -21,6 +41,32 @@ def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
         raise ConfigError(f"{key}={value!r}: must be a positive {'integer' if kind is int else 'number'}")
     if value <= 0:
         raise ConfigError(f"{key}={value}: must be > 0")
+
+
+def _is_integer(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _integer(key: str, value: Any, minimum: int) -> None:
+    """An integer ≥ `minimum`."""
+    if not _is_integer(value, minimum):
+        raise ConfigError(f"{key}={value!r}: must be an integer ≥ {minimum}")
+
+
+def _is_number(value: Any, ok: Callable[[float], bool]) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and ok(value)
+
+
+def _number(key: str, value: Any, rule: str, ok: Callable[[float], bool]) -> None:
+    """A number for which `ok` holds; `rule` says which in the message."""
+    if not _is_number(value, ok):
+        raise ConfigError(f"{key}={value!r}: must be a number {rule}")
+
+
+def _flag(key: str, value: Any) -> None:
+    """True or false (not a truthy string or number)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: must be true or false")
 
 
 def _budget(cfg: DictConfig, prefix: str) -> None:
@@ -56,11 +102,123 @@ def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
     return found
 
 
+def _is_nonfinite(value: Any) -> bool:
+    """A NaN or infinite float, or a list holding one."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, list) and any(_is_nonfinite(item) for item in value)
+
+
+def _nonfinite_keys(node: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every non-finite value of the resolved `node`, a list as a whole."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _nonfinite_keys(value, f"{prefix}{key}.")
+        elif _is_nonfinite(value):
+            yield f"{prefix}{key}", value
+
+
+def _finite(cfg: DictConfig) -> None:
+    """No NaN or infinity anywhere; the method's parameters are left to its constructor, which
+    names each with its own rule (build_method, right after this check)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("method", None)
+    found = next(_nonfinite_keys(resolved), None)
+    if found:
+        raise ConfigError(f"{found[0]}={found[1]}: must be a finite number")
+
+
+def _target(prefix: str, node: DictConfig) -> Callable:
+    """The class or function `<prefix>._target_` names."""
+    try:
+        return get_object(node._target_)
+    except ImportError as error:
+        raise ConfigError(f"{prefix}._target_={node._target_!r}: cannot be imported") from error
+
+
+def _known_keys(prefix: str, node: DictConfig, target: Callable, set_by_run: dict[str, str]) -> None:
+    """Every key of `node` but `_target_`/`_partial_` is a parameter of `target` that the run does not
+    pass itself (`set_by_run`: parameter -> what sets it)."""
+    accepted = [name for name in inspect.signature(target).parameters if name not in set_by_run]
+    for key in node:
+        if key in set_by_run:
+            raise ConfigError(f"{prefix}.{key}={node[key]}: set by {set_by_run[key]}, not in the {prefix} node")
+        if not key.startswith("_") and key not in accepted:
+            raise ConfigError(
+                f"{prefix}.{key}: {target.__name__} takes no such parameter (it takes: {', '.join(accepted)})"
+            )
+
+
+def _betas(value: Any) -> bool:
+    """Adam's two decay rates, each in [0, 1)."""
+    return isinstance(value, ListConfig) and len(value) == 2 and all(_is_number(b, lambda v: 0 <= v < 1) for b in value)
+
+
+def _optimizer(node: DictConfig) -> None:
+    """The optimiser node's keys are the class's, each (when present) within torch.optim's range."""
+    _known_keys("optimizer", node, _target("optimizer", node), {"params": "the model", "lr": "lr and first_task.lr"})
+    for key, (rule, ok) in OPTIMIZER_NUMBERS.items():
+        if key in node:
+            _number(f"optimizer.{key}", node[key], rule, ok)
+    for key in OPTIMIZER_FLAGS:
+        if key in node:
+            _flag(f"optimizer.{key}", node[key])
+    if "betas" in node and not _betas(node.betas):
+        raise ConfigError(f"optimizer.betas={node.betas!r}: must be two numbers, each in [0, 1)")
+    if node.get("nesterov") and (node.get("momentum", 0) <= 0 or node.get("dampening", 0) != 0):
+        raise ConfigError("optimizer.nesterov=true: needs optimizer.momentum > 0 and optimizer.dampening=0")
+
+
+def _hidden(node: DictConfig, model: Callable) -> None:
+    """`model.hidden`: a list of widths ≥ 1 for a model that takes a list (MLP), else one width ≥ 1."""
+    hint = typing.get_type_hints(model.__init__ if inspect.isclass(model) else model).get("hidden")
+    if typing.get_origin(hint) is not list:
+        _integer("model.hidden", node.hidden, 1)
+    elif not isinstance(node.hidden, ListConfig) or not all(_is_integer(width, 1) for width in node.hidden):
+        raise ConfigError(f"model.hidden={node.hidden!r}: must be a list of integers ≥ 1 (the hidden layers' widths)")
+
+
+def _model(node: DictConfig) -> None:
+    """The model node's keys are the model's; sizes are integers ≥ 1, dropout rates in [0, 1)."""
+    model = _target("model", node)
+    _known_keys("model", node, model, {"input_shape": "the data", "n_outputs": "the scenario"})
+    if "hidden" in node:
+        _hidden(node, model)
+    if "channels" in node:
+        _integer("model.channels", node.channels, 1)
+    for key in ("dropout", "input_dropout"):
+        if key in node:
+            _number(f"model.{key}", node[key], "in [0, 1)", lambda v: 0 <= v < 1)
+    if node.get("channels_last", False) not in (True, False, "auto"):
+        raise ConfigError(f"model.channels_last={node.channels_last!r}: choose true, false or auto")
+
+
+def _run_keys(cfg: DictConfig) -> None:
+    """The seed, the device and the first task's cache switch."""
+    _integer("seed", cfg.seed, 0)
+    if not isinstance(cfg.device, str) or not DEVICE.fullmatch(cfg.device):
+        raise ConfigError(f"device={cfg.device!r}: choose auto, cpu, cuda, cuda:N (N a GPU index) or mps")
+    _flag("first_task.cache", cfg.first_task.cache)
+
+
+def _resolvable(cfg: DictConfig) -> None:
+    """Every interpolation resolves (`lr=${nope}` names `lr`)."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"{error.full_key}: cannot be resolved ({reason})") from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that cannot work."""
+    if not cfg.get("dataset"):
+        raise ConfigError("dataset=[]: select at least one dataset, e.g. dataset=[split_sklearn_digits]")
     missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"mandatory value(s) not set: {', '.join(missing)} (give them on the command line, key=value)")
+    _resolvable(cfg)
+    _finite(cfg)
     for key in ("lr", "first_task.lr"):
         _positive(cfg, key)
     for key in ("batch_size", "eval_batch_size", "eval_every", "checkpoint.keep"):
@@ -69,6 +227,7 @@ def validate_config(cfg: DictConfig) -> None:
         _positive(cfg, "checkpoint.every", int)
     _budget(cfg, "first_task.")
     _budget(cfg, "")
+    _run_keys(cfg)
     if cfg.scenario not in SCENARIOS:
         raise ConfigError(f"scenario={cfg.scenario!r}: choose one of {', '.join(SCENARIOS)}")
     if not cfg.dataset:
@@ -84,5 +243,16 @@ def validate_config(cfg: DictConfig) -> None:
         _positive(cfg, "threads", int)
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if cfg.model.get("channels_last", False) not in (True, False, "auto"):
-        raise ConfigError(f"model.channels_last={cfg.model.channels_last!r}: choose true, false or auto")
+    _optimizer(cfg.optimizer)
+    _model(cfg.model)
+
+
+def check_against_tasks(cfg: DictConfig, tasks: list[Task]) -> None:
+    """What depends on the data, checked once the tasks are built and before training: a batch
+    holds at most a task's training split, so a larger `batch_size` is refused (not clamped)."""
+    for task in tasks:
+        if cfg.batch_size > len(task.train):
+            raise ConfigError(
+                f"batch_size={cfg.batch_size}: task {task.name!r} has only {len(task.train)} training examples; "
+                f"choose at most {len(task.train)}"
+            )

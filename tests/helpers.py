@@ -22,7 +22,7 @@ class SignalAtRow(RunLogger):
     def start(self, cfg: DictConfig, run_dir: Path) -> None:
         self.seen = 0
 
-    def log_row(self, row: dict) -> None:
+    def log_row(self, row: dict, index: int) -> None:
         if self.seen == self.row:
             os.kill(os.getpid(), self.signum)
         self.seen += 1

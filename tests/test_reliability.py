@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cl_bench.checkpoint import load_checkpoint
+from cl_bench.checkpoint import load_checkpoint, write_checksummed
 from cl_bench.run import run_experiment
+from cl_bench.run_folder import saved_config_path
 from cl_bench.trainer import IncompatibleState
 from cl_bench.validate import ConfigError, validate_config
 from tests.conftest import FAST
@@ -102,9 +104,8 @@ def test_stopped_by_a_signal_and_resumed_equals_uninterrupted(make_config, tmp_p
     )
     assert stopped["status"] == "interrupted" and "resume=" in stopped["error"]
     assert list((stopped_dir / "checkpoints").glob("ckpt-*.pt"))
-    # the run's config as Hydra saves it (the signal came from outside: no test logger in it)
-    (stopped_dir / ".hydra").mkdir()
-    OmegaConf.save(make_config(*FAST, *common), stopped_dir / ".hydra" / "config.yaml")
+    # the run's config as it would be had the signal come from outside (no test logger in it)
+    OmegaConf.save(make_config(*FAST, *common), saved_config_path(stopped_dir))
     resumed = run_experiment(make_config(*FAST, *common, f"resume={stopped_dir}"), tmp_path)
     assert resumed["status"] == "ok", resumed.get("error")
     assert "resumed_from" in resumed
@@ -135,8 +136,8 @@ def test_a_checkpoint_crafted_to_run_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a safe cl_bench checkpoint"):
         load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
-    with path.open("wb") as file:
-        pickle.dump({"model": Exploit()}, file)
+    # with a checksum that verifies (anyone can compute one), so that the unpickler itself must refuse it
+    write_checksummed(pickle.dumps({"model": Exploit()}), path)
     with pytest.raises(ValueError, match="not a safe"):
         load_checkpoint(path)
 
@@ -175,17 +176,15 @@ def test_a_run_folder_of_an_earlier_cl_bench_is_not_resumed(make_config, tmp_pat
         make_config, tmp_path, "stopped", *common, "logger._target_=tests.helpers.SignalAtRow", "+logger.row=2"
     )
     assert stopped["status"] == "interrupted"
+    (checkpoint,) = (stopped_dir / "checkpoints").glob("ckpt-*.pt")
+    state = load_checkpoint(checkpoint)
+    del state["format"]  # as 0.1 wrote it (without a checksum)
+    torch.save(state, checkpoint)
+    continued = run_experiment(make_config(*common), stopped_dir)
+    assert continued["status"] == "failed" and "IncompatibleState" in continued["error"]
+    assert "cl_bench 0.1 or older" in continued["error"] and "start a new run folder" in continued["error"]
+    shutil.rmtree(stopped_dir / ".cl_bench")  # a folder of cl_bench < 0.3 has only Hydra's record of its config
     (stopped_dir / ".hydra").mkdir()
     OmegaConf.save(make_config(*common), stopped_dir / ".hydra" / "config.yaml")
-    (checkpoint,) = (stopped_dir / "checkpoints").glob("ckpt-*.pt")
-    state = torch.load(checkpoint, weights_only=True)
-    del state["format"]  # as 0.1 wrote it
-    torch.save(state, checkpoint)
-    resumed = run_experiment(make_config(*common, f"resume={stopped_dir}"), tmp_path)
-    assert resumed["status"] == "failed" and "IncompatibleState" in resumed["error"]
-    assert "cl_bench 0.1 or older" in resumed["error"] and "start a new run folder" in resumed["error"]
-    old_config = OmegaConf.load(stopped_dir / ".hydra" / "config.yaml")
-    del old_config["optimizer_state"]  # a 0.1 config has no such key
-    OmegaConf.save(old_config, stopped_dir / ".hydra" / "config.yaml")
-    with pytest.raises(IncompatibleState, match="made by cl_bench 0.1"):
-        run_experiment(make_config(*common, f"resume={stopped_dir}"), tmp_path)
+    resumed = run_experiment(make_config(*common, f"resume={stopped_dir}"), tmp_path / "own")
+    assert resumed["status"] == "refused" and "made by an earlier cl_bench (before 0.3)" in resumed["error"]

@@ -4,7 +4,9 @@ row), selection on val and test reported, sample std / SEM, the metric, cl_bench
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from cl_bench import CONFIG_DIR, __version__
 from cl_bench.experiment_keys import experiment_identity
 from cl_bench.report import main as report_main
 from cl_bench.report import read_report_csv, write_report
+from cl_bench.run_folder import state_dir
 
 
 def compose_run(*overrides: str):
@@ -28,17 +31,37 @@ def compose_run(*overrides: str):
 
 
 def write_config(folder: Path, overrides: tuple[str, ...]) -> None:
-    """The run folder's .hydra/config.yaml and hydra.yaml, as Hydra writes them."""
+    """The run folder's .hydra/config.yaml, hydra.yaml and overrides.yaml, as Hydra writes them."""
     config = compose_run(*overrides)
-    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save({"hydra": config.hydra}, folder / ".hydra" / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), folder / ".hydra" / "overrides.yaml")
     OmegaConf.set_struct(config, False)
     del config["hydra"]
     OmegaConf.save(config, folder / ".hydra" / "config.yaml")
 
 
+def keep_own_config(folder: Path) -> Path:
+    """The run's own copy of the config it started with (.cl_bench/), as cl_bench keeps it; returns its folder."""
+    shutil.copytree(folder / ".hydra", state_dir(folder))
+    return state_dir(folder)
+
+
+def edit_config(path: Path, key: str, value) -> None:
+    config = OmegaConf.load(path)
+    OmegaConf.update(config, key, value, merge=False)
+    OmegaConf.save(config, path)
+
+
+def warnings_of(caplog) -> list[str]:
+    """The report's warnings, each checked to be one line."""
+    messages = [r.getMessage() for r in caplog.records if r.name == "cl_bench.report" and r.levelno == logging.WARNING]
+    assert all("\n" not in message for message in messages), messages
+    return messages
+
+
 def fake_run(folder: Path, *overrides: str, score=0.5, test=0.4, final=(0.6, 0.6), final_val=(0.6, 0.6),
-             status="ok", version: str | None = __version__) -> None:
+             status="ok", version: str | None = __version__, error="NonFiniteLoss: the loss became NaN") -> None:
     """A finished run folder: the composed config of `overrides` and a summary with these results."""
     write_config(folder, overrides)
     config = OmegaConf.load(folder / ".hydra" / "config.yaml")
@@ -49,8 +72,8 @@ def fake_run(folder: Path, *overrides: str, score=0.5, test=0.4, final=(0.6, 0.6
         summary.update(score=score, score_k={"A": score - 0.1, "B": score + 0.1}, score_test=test,
                        accuracy_matrix=[[0.9, 0.0], list(final)], val_accuracy_matrix=[[0.9, 0.0], list(final_val)],
                        average_final_accuracy=sum(final) / len(final))
-    else:
-        summary["error"] = "NonFiniteLoss: the loss became NaN"
+    elif error:
+        summary["error"] = error
     (folder / "summary.json").write_text(json.dumps(summary))
     rows = [{"step": s, "task": int(s >= 10), "val/a": 0.5, "val/b": 0.5} for s in (0, 10, 20)]
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -233,7 +256,7 @@ def test_cli_writes_table_csv_and_figure(sweep, tmp_path, capsys):
     out = tmp_path / "report"
     report_main([str(sweep.root), "--out", str(out)])
     assert "| Technique |" in capsys.readouterr().out
-    for name in ("report.md", "report.csv", "comparison.png"):
+    for name in ("report.md", "report.csv", "jobs.csv", "comparison.png"):
         assert (out / name).exists()
 
 
@@ -303,3 +326,156 @@ def test_a_run_repeated_in_two_sweeps_counts_as_one_seed(tmp_path):
     table = read_report_csv(tmp_path / "both" / "report.csv")
     assert table.n.tolist() == [2]
     assert table.final_val_accuracy.tolist() == [pytest.approx(0.65)]
+
+
+def test_a_runs_own_config_is_read_not_the_one_hydra_rewrote(sweep):
+    sweep.add("method=ewc", "seed=0")
+    for job in (sweep.add("method=ewc", "seed=1"), sweep.add("method=ewc", "seed=2", status="failed")):
+        keep_own_config(job)
+        shutil.rmtree(job / ".hydra")
+        write_config(job, ("method=kd",))  # a later invocation in the folder, refused: .hydra/ is its config
+    text, table = sweep.report()
+    assert table.Technique.tolist() == ["EWC"] and table.n.tolist() == [2]
+    assert "| 2 (1 failed) |" in text and "| EWC | 2 | failed | method=ewc seed=2 |" in text
+
+
+def test_a_saved_config_naming_a_function_is_refused_and_nothing_called(sweep, tmp_path, caplog):
+    sweep.add("seed=0")
+    bad = sweep.add("seed=1")
+    victim = tmp_path / "victim"
+    edit_config(keep_own_config(bad) / "config.yaml", "logger", {"_target_": "builtins.open", "file": str(victim),
+                                                                 "mode": "w"})
+    _, table = sweep.report()
+    assert not victim.exists()
+    assert table.n.tolist() == [1]  # the refused run is not a seed of the row
+    (warning,) = warnings_of(caplog)
+    assert str(bad) in warning and "logger._target_=builtins.open" in warning
+
+
+def test_a_method_target_of_a_saved_config_is_not_imported(sweep, tmp_path, monkeypatch, caplog):
+    module = tmp_path / "cl_bench_test_side_effect.py"
+    module.write_text("from pathlib import Path\nPath(__file__).with_name('imported').write_text('yes')\n"
+                      "class Method:\n    selectable = ('lambda',)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sweep.add("seed=0")
+    bad = sweep.add("method=ewc")
+    edit_config(bad / ".hydra" / "config.yaml", "method._target_", "cl_bench_test_side_effect.Method")
+    _, table = sweep.report()
+    assert not (tmp_path / "imported").exists() and "cl_bench_test_side_effect" not in sys.modules
+    assert table.Technique.tolist() == ["Baseline"]
+    (warning,) = warnings_of(caplog)
+    assert str(bad) in warning and "cl_bench_test_side_effect.Method" in warning
+
+
+def test_a_target_of_the_users_own_config_folder_is_allowed_when_given(sweep, tmp_path, capsys, caplog):
+    (tmp_path / "conf" / "method").mkdir(parents=True)
+    (tmp_path / "conf" / "method" / "mine.yaml").write_text("_target_: my_lab.methods.Mine\nlabel: Mine\n")
+    job = sweep.add("seed=0")
+    edit_config(job / ".hydra" / "config.yaml", "method", {"_target_": "my_lab.methods.Mine", "label": "Mine"})
+    with pytest.raises(SystemExit):
+        report_main([str(sweep.root)])
+    assert "no readable cl_bench runs" in capsys.readouterr().err and "--config-dir" in warnings_of(caplog)[0]
+    report_main([str(sweep.root), "--config-dir", str(tmp_path / "conf")])
+    assert "| Baseline | 50.0% |" in capsys.readouterr().out
+    assert "my_lab.methods.Mine cannot be imported (ModuleNotFoundError" in warnings_of(caplog)[-1]
+
+
+def test_a_truncated_summary_counts_its_job_as_unreadable(sweep, caplog):
+    sweep.add("seed=0")
+    broken = sweep.add("seed=1") / "summary.json"
+    broken.write_text(broken.read_text()[:40])
+    text, table = sweep.report()
+    assert "| 1 (1 unreadable) |" in text and row(table, "Baseline").unreadable == 1
+    assert "| Baseline | 1 | unreadable | seed=1 | summary.json: " in text
+    (warning,) = warnings_of(caplog)
+    assert str(broken) in warning
+
+
+@pytest.mark.parametrize("damage", ["truncated", "invalid", "empty"])
+def test_a_truncated_or_invalid_config_leaves_its_run_out(sweep, caplog, damage):
+    sweep.add("seed=0")
+    config = sweep.add("seed=1") / ".hydra" / "config.yaml"
+    text = config.read_text()
+    damaged = {"truncated": text[: len(text) // 2], "invalid": "seed: [1, 2\n", "empty": ""}[damage]
+    config.write_text(damaged)
+    _, table = sweep.report()
+    assert table.Technique.tolist() == ["Baseline"] and table.n.tolist() == [1]
+    (warning,) = warnings_of(caplog)
+    assert str(config) in warning
+
+
+def test_broken_choices_or_overrides_of_an_earlier_run_are_named_and_the_run_kept(sweep, caplog):
+    job = sweep.add("method=kd", status="failed")
+    (job / ".hydra" / "hydra.yaml").write_text("hydra: [\n")
+    (job / ".hydra" / "overrides.yaml").write_text("- method=kd\n  -: [\n")
+    text, _ = sweep.report()
+    assert "| KD | 0 | failed | unknown | NonFiniteLoss" in text
+    hydra_warning, overrides_warning = warnings_of(caplog)
+    assert "hydra.yaml" in hydra_warning and "overrides.yaml" in overrides_warning
+
+
+def only_a_file(root: Path) -> None:
+    root.mkdir()
+    (root / "notes.txt").write_text("no runs here")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda root: None, "no such run or multirun folder"),
+    (lambda root: root.mkdir(), "no cl_bench runs under"),
+    (only_a_file, "no cl_bench runs under"),
+])
+def test_a_missing_folder_or_one_without_runs_is_a_one_line_error(tmp_path, capsys, make, message):
+    root = tmp_path / "sweep"
+    make(root)
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(root)])
+    assert stop.value.code != 0
+    error = capsys.readouterr().err
+    assert error.startswith(f"cl-bench-report: error: {message}") and error.count("\n") == 1
+    assert str(root) in error and "Traceback" not in error
+    if message != "no such run or multirun folder":
+        assert "summary.json" in error  # what was looked for
+
+
+def test_a_folder_where_no_run_started_is_not_counted_as_running(sweep, caplog):
+    sweep.add("seed=0")
+    write_config(sweep.root / "1", ("seed=1",))  # only Hydra's .hydra/: e.g. the folder of a resume= invocation
+    text, table = sweep.report()
+    assert row(table, "Baseline").running == 0 and "| 1 |" in text
+    (warning,) = warnings_of(caplog)
+    assert str(sweep.root / "1") in warning and "no run started" in warning
+
+
+def test_every_status_is_counted_on_its_own(sweep):
+    sweep.add("method=ewc", "seed=0")
+    sweep.add("method=ewc", "seed=1", status="failed")
+    sweep.add("method=ewc", "seed=2", status="interrupted", error="stopped; continue with: cl-bench resume=...")
+    sweep.add("method=ewc", "seed=3", status="not_run", error=None)
+    sweep.add("method=ewc", "seed=4", status="not_run", error=None)
+    sweep.add("method=kd", status="interrupted")
+    sweep.add("method=replay", status="not_run", error=None)
+    write_config(sweep.root / "99", ("method=l2",))
+    (sweep.root / "99" / "metrics.jsonl").write_text(json.dumps({"step": 0, "task": 0, "val/a": 0.1}) + "\n")
+    text, table = sweep.report()
+    assert "| 1 (1 failed, 1 interrupted, 2 not run) |" in text
+    ewc = row(table, "EWC")
+    assert (ewc.n, ewc.failed, ewc.interrupted, ewc.not_run, ewc.running) == (1, 1, 1, 2, 0)
+    assert "| KD | **interrupted** |" in text and "| 0 (1 interrupted) |" in text
+    assert "| Replay | **not run** |" in text and "| 0 (1 not run) |" in text
+    assert "| L2 | running |" in text and row(table, "L2").status == "running"
+
+
+def test_jobs_without_a_result_are_named_with_their_overrides(sweep, tmp_path):
+    sweep.add("method=kd", "lr=0.01", "seed=0")
+    sweep.add("method=kd", "lr=0.01", "seed=1", status="failed")
+    sweep.add("method=kd", "lr=0.01", "seed=2", status="not_run", error=None)
+    text, _ = sweep.report()
+    section = text.split("Jobs without a result", 1)[1]
+    assert "| KD (lr=0.01) | 1 | failed | method=kd lr=0.01 seed=1 | NonFiniteLoss: the loss became NaN |" in section
+    assert "| KD (lr=0.01) | 2 | not run | method=kd lr=0.01 seed=2 |  |" in section
+    assert "| 0 |" not in section  # the ok job is in the table only
+    jobs = pd.read_csv(sweep.root / "jobs.csv", dtype={"job": str})
+    assert jobs.job.tolist() == ["0", "1", "2"] and jobs.status.tolist() == ["ok", "failed", "not_run"]
+    assert jobs.overrides[1] == "method=kd lr=0.01 seed=1" and "NonFiniteLoss" in jobs.error[1]
+    write_report([sweep.root], tmp_path / "elsewhere")
+    assert read_report_csv(tmp_path / "elsewhere" / "jobs.csv").job[1] == str(sweep.root / "1")

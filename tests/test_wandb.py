@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -10,13 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
+import wandb
+from omegaconf import OmegaConf
 
+from cl_bench.loggers import wandb as wandb_logger
+from cl_bench.loggers.base import RunLogger
+from cl_bench.loggers.wandb import WandbLogger
+from cl_bench.run import run_experiment
+from tests.conftest import FAST
 from tests.test_cli import cl_bench
 
 
 @pytest.fixture(autouse=True)
 def wandb_env(tmp_path, monkeypatch):
-    """W&B offline, its settings and caches in tmp_path (inherited by the CLI's subprocess)."""
+    """W&B offline, its settings and caches in tmp_path (inherited by the CLI's subprocess); W&B's
+    process-wide state reset after the test (a test that runs W&B in this process reads its own env)."""
     for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         folder = tmp_path / name.lower()
         folder.mkdir()
@@ -25,6 +34,8 @@ def wandb_env(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no.netrc"))
+    yield
+    wandb.teardown()
 
 
 def read_records(run_folder: Path) -> dict[str, list[dict]]:
@@ -110,7 +121,7 @@ from cl_bench.loggers.wandb import WandbLogger
 logger = WandbLogger(mode="online", init_timeout=20)
 started = time.perf_counter()
 logger.start(OmegaConf.create({"lr": 0.1}), Path(sys.argv[1]))
-logger.log_row({"step": 0, "val/A": 0.5})
+logger.log_row({"step": 0, "val/A": 0.5}, 0)
 logger.finish({"status": "ok", "score": 0.5}, Path(sys.argv[1]))
 print(f"took {time.perf_counter() - started:.1f} s")
 """
@@ -122,13 +133,21 @@ def start_online(run_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
 
 
+def user_settings_untouched(tmp_path: Path) -> bool:
+    """Neither the user's W&B settings file nor a netrc was written (in the test's HOME, config dir, NETRC)."""
+    written = [tmp_path / "wandb_config_dir" / "settings", tmp_path / "no.netrc", tmp_path / "home" / ".netrc",
+               tmp_path / "home" / ".config" / "wandb"]
+    return not any(path.exists() for path in written)
+
+
 def test_an_unreachable_server_means_offline_with_a_warning_not_a_hang(tmp_path, monkeypatch):
     with socket.socket() as probe:  # a loopback port with nothing listening: connections are refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")  # a one-off host: not saved as the user's
     started = time.perf_counter()
     done = start_online(tmp_path / "run")
     assert done.returncode == 0, done.stderr
@@ -136,11 +155,128 @@ def test_an_unreachable_server_means_offline_with_a_warning_not_a_hang(tmp_path,
     assert "unreachable; logging offline" in done.stderr
     (run,) = offline_runs(tmp_path / "run")
     assert final_summary(read_records(run))["score"] == 0.5
+    assert user_settings_untouched(tmp_path)
 
 
 def test_no_credentials_means_offline_never_a_prompt(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_MODE", "online")
     done = start_online(tmp_path / "run")
     assert done.returncode == 0, done.stderr
     assert "no W&B credentials" in done.stderr
     assert offline_runs(tmp_path / "run")
+    assert user_settings_untouched(tmp_path)
+
+
+def test_a_server_that_does_not_answer_is_named_in_the_warning(tmp_path, monkeypatch, caplog):
+    """wandb.init's error for a server that accepts the connection and then says nothing can come
+    without a message: the warning says what was attempted instead of nothing."""
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(wandb_logger, "_offline_reason", lambda timeout: None)  # credentials, server reachable
+    offline_init = wandb.init
+
+    def silent_server(mode: str, **options):
+        if mode == "online":
+            raise wandb.errors.CommError("")
+        return offline_init(mode=mode, **options)
+
+    monkeypatch.setattr(wandb, "init", silent_server)
+    logger = WandbLogger(mode="online", init_timeout=2)
+    with caplog.at_level(logging.WARNING, logger=wandb_logger.__name__):
+        logger.start(OmegaConf.create({"lr": 0.1}), tmp_path / "run")
+    logger.finish({"status": "ok"}, tmp_path / "run")
+    assert "W&B: W&B server http://127.0.0.1:9 did not answer within 2 s (CommError); logging offline" in caplog.text
+    assert offline_runs(tmp_path / "run")
+
+
+def logged_rows(run_folder: Path) -> list[dict]:
+    """The metrics rows of a W&B run's history (records with a `step`), each with its W&B `_step`."""
+    return [h["item"] for h in read_records(run_folder).get("history", []) if "step" in h["item"]]
+
+
+def stop_at_once_at(monkeypatch, logger: type[RunLogger], stop_index: int) -> None:
+    """`logger` stops the process at once (as a second Ctrl-C does: no checkpoint at the stop) right
+    after it logs row `stop_index`."""
+    log_row = logger.log_row
+
+    def log_then_stop(self, row: dict, index: int) -> None:
+        log_row(self, row, index)
+        if index == stop_index:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(logger, "log_row", log_then_stop)
+
+
+COMMON = [*FAST, "first_task.cache=false"]  # 4 rows a task; a checkpoint at task A's end (after row 3)
+
+
+def test_a_resumed_run_continues_its_w_and_b_run_logging_each_row_once(make_config, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop_at_once_at(patch, WandbLogger, 6)  # rows 4-6 are past the checkpoint: computed again on resume
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(make_config(*COMMON, "logger=wandb"), run_dir)
+    resumed = run_experiment(make_config(*COMMON, "logger=wandb", f"resume={run_dir}"), tmp_path / "resume")
+    assert resumed["status"] == "ok", resumed.get("error")
+
+    run_id = (run_dir / ".cl_bench" / "wandb_id").read_text().strip()
+    first, second = offline_runs(run_dir)  # in order of start
+    assert first.name.endswith(f"-{run_id}") and second.name.endswith(f"-{run_id}")
+    assert [read_records(part)["run"][0]["run_id"] for part in (first, second)] == [run_id, run_id]
+    first_rows, second_rows = logged_rows(first), logged_rows(second)
+    assert [row["_step"] for row in first_rows] == [0, 1, 2, 3, 4, 5, 6]
+    assert [row["_step"] for row in second_rows] == [7]  # rows 4-6, computed again, not logged again
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in first_rows + second_rows] == [row["step"] for row in rows]
+    assert final_summary(read_records(first))["curves"]["_type"] == "image-file"  # in the summary: takes no step
+    curves = [h["item"] for h in read_records(second)["history"] if "curves._type" in h["item"]]
+    assert [item["_step"] for item in curves] == [len(rows)]  # after the last row
+
+
+def test_w_and_b_given_at_resume_gets_the_earlier_rows_from_the_metrics_file(make_config, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop_at_once_at(patch, RunLogger, 6)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(make_config(*COMMON), run_dir)
+    resumed = run_experiment(
+        make_config(*COMMON, "logger=wandb", f"resume={run_dir}"), tmp_path / "resume", override_keys=["logger"]
+    )
+    assert resumed["status"] == "ok", resumed.get("error")
+    (part,) = offline_runs(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = logged_rows(part)
+    assert [row["_step"] for row in logged] == list(range(len(rows)))
+    assert [row["step"] for row in logged] == [row["step"] for row in rows]
+    val_key = next(key for key in rows[0] if key.startswith("val/"))
+    assert [row[val_key] for row in logged] == pytest.approx([row[val_key] for row in rows])
+
+
+class FakeRun:
+    """An online W&B run that holds `step` rows (its next step), recording what is logged."""
+
+    offline = False
+
+    def __init__(self, step: int):
+        self.step, self.logged = step, []
+
+    def log(self, row: dict, step: int, commit: bool) -> None:
+        self.logged.append((step, row["step"]))
+
+
+@pytest.mark.parametrize(
+    "server_has, expected",
+    [
+        (6, [(6, 60)]),  # rows 4 and 5 computed again: W&B has them
+        (2, [(2, 20), (3, 30), (4, 40), (5, 50), (6, 60)]),  # rows 2-5 lost in flight: sent from metrics.jsonl
+    ],
+)
+def test_online_the_rows_sent_follow_what_w_and_b_has(tmp_path, server_has, expected):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": 10 * i}) + "\n" for i in range(7)))
+    logger = WandbLogger(mode="online")
+    logger.run, logger.metrics_path = FakeRun(server_has), metrics
+    logger.next_row = wandb_logger._first_missing_row(logger.run, True, metrics)
+    for index in (4, 5, 6):  # a resume from a checkpoint after row 3
+        logger.log_row({"step": 10 * index}, index)
+    assert logger.run.logged == expected

@@ -26,8 +26,9 @@ def build_method(node: DictConfig) -> Method:
     accepted = [name for name in inspect.signature(cls).parameters if name != "self"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        allowed = ", ".join(name.rstrip("_") for name in accepted)
-        raise ConfigError(f"method.{unknown[0]}: {cls.__name__} takes no such parameter (it takes: {allowed})")
+        names = ", ".join(name.rstrip("_") for name in accepted)
+        allowed = f"it takes: {names}" if accepted else "it takes no parameters"
+        raise ConfigError(f"method.{unknown[0]}: {cls.__name__} takes no such parameter ({allowed})")
     try:
         method = cls(**params)
     except ValueError as error:

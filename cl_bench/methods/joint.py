@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cl_bench.data.task import ConcatSplit
 from cl_bench.methods.base import Method, TrainContext, TrainData
+from cl_bench.methods.params import flag
 
 
 class Joint(Method):
@@ -16,9 +17,7 @@ class Joint(Method):
     """
 
     def __init__(self, restart: bool = False):
-        if not isinstance(restart, bool):
-            raise ValueError(f"method.restart={restart!r}: must be true or false")
-        self.restart_model = restart
+        self.restart_model = flag("restart", restart)
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         seen = list(range(ctx.task_idx + 1))

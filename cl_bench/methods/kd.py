@@ -11,7 +11,7 @@ from torch.nn.utils import skip_init
 
 from cl_bench.data.task import Split
 from cl_bench.methods.base import Batch, Method, TrainContext
-from cl_bench.methods.params import choice, number
+from cl_bench.methods.params import choice, flag, number
 
 TEACHER_MODES = ("auto", "recorded", "live")
 WEIGHTINGS = ("sum", "tasks_seen")
@@ -117,7 +117,7 @@ class KD(Method):
     ):
         self.kappa = number("kappa", kappa, "≥ 0", lambda v: v >= 0)
         self.T = number("T", T, "> 0", lambda v: v > 0)
-        self.t_squared = t_squared
+        self.t_squared = flag("t_squared", t_squared)
         self.teacher_mode = choice("teacher", teacher, TEACHER_MODES)
         self.weighting = choice("weighting", weighting, WEIGHTINGS)
         self.reduction = choice("reduction", reduction, REDUCTIONS)

@@ -21,6 +21,13 @@ def count(key: str, value: int) -> int:
     return value
 
 
+def flag(key: str, value: bool) -> bool:
+    """True or false (not a truthy string or number)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"method.{key}={value!r}: must be true or false")
+    return value
+
+
 def choice(key: str, value: str, choices: tuple[str, ...]) -> str:
     """One of `choices`."""
     if value not in choices:
