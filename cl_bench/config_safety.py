@@ -4,7 +4,9 @@ Before a saved config is used (`resume=`, `cl-bench-report`), every `_target_` i
 - a target named in a config file of the project's own `conf/` or of a config folder this invocation
   itself adds (`--config-dir`, `hydra.searchpath`): the user's own data sets, models and methods;
 - a class of cl_bench or of `torch.optim` / `torch.nn` (e.g. `optimizer._target_=torch.optim.RMSprop`
-  given on the command line). Functions are not enough: `torch.save` would write any file.
+  given on the command line). Functions are not enough: `torch.save` would write any file;
+- a target of the invocation's own composed config (`trusted`): what the user's command line names,
+  e.g. the sweep whose jobs the end-of-sweep report reads.
 """
 
 from __future__ import annotations
@@ -75,12 +77,20 @@ def _is_allowed_class(target: str) -> bool:
         return False
 
 
-def check_targets(config: DictConfig | dict, source: str, config_dirs: Iterable[Path] | None = None) -> None:
+def targets_of(config: DictConfig | dict) -> frozenset[str]:
+    """The `_target_` strings of a config (of this invocation: they are trusted)."""
+    tree = OmegaConf.to_container(config, resolve=False) if isinstance(config, DictConfig) else config
+    return frozenset(value for _, value in _targets_in(tree) if isinstance(value, str))
+
+
+def check_targets(config: DictConfig | dict, source: str, config_dirs: Iterable[Path] | None = None,
+                  trusted: Iterable[str] = ()) -> None:
     """Raise UnsafeTarget if `config` (read from `source`) names a target that is not allowed.
-    `config_dirs`: the invocation's own config folders (default: those of the running Hydra app)."""
+    `config_dirs`: the invocation's own config folders (default: those of the running Hydra app);
+    `trusted`: targets of the invocation's own config (targets_of)."""
     tree = OmegaConf.to_container(config, resolve=False) if isinstance(config, DictConfig) else config
     folders = [CONFIG_DIR, *(invocation_config_dirs() if config_dirs is None else config_dirs)]
-    known = frozenset().union(*(_folder_targets(Path(folder).resolve()) for folder in folders))
+    known = frozenset(trusted).union(*(_folder_targets(Path(folder).resolve()) for folder in folders))
     for key, target in _targets_in(tree):
         if not isinstance(target, str) or "${" in target:
             raise UnsafeTarget(f"{source}: {key}={target!r} is not a plain target name; refusing to use this config")

@@ -29,9 +29,17 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, row: dict) -> None:
+        """Append `row` as one line; a write that fails (a full disk) leaves no part of it in the file."""
+        line = memoryview((_json_row(row) + "\n").encode())
+        with self.path.open("ab", buffering=0) as file:
+            end = file.tell()
+            try:
+                while line:
+                    line = line[file.write(line):]
+            except OSError:
+                file.truncate(end)
+                raise
         self.rows.append(row)
-        with self.path.open("a") as file:
-            file.write(_json_row(row) + "\n")
         for listener in self.listeners:
             listener(row, len(self.rows) - 1)
 

@@ -15,7 +15,8 @@ a one-line warning: a missing, truncated or invalid config leaves its run out; a
 `summary.json` counts the job as "unreadable" in its row.
 
 A job's status is ok, failed, interrupted, not_run (a sweep stopped before it), running (no summary
-yet) or unreadable; each row counts its jobs of every status (`n` is the chosen weights' ok seeds),
+yet, and a process holds its folder's lock), killed (no summary, and no process holds the lock: it
+ended without writing one) or unreadable; each row counts its jobs of every status (`n` is the chosen weights' ok seeds),
 and a row without an ok job shows its state. Written to the output folder: `report.md` (the table,
 then the jobs without a result: their folder, status, overrides and error), `report.csv` (one line
 per experiment, a count column per status), `jobs.csv` (one line per job counted: its row's
@@ -43,12 +44,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cl_bench import __version__
-from cl_bench.config_safety import UnsafeTarget, check_targets
+from cl_bench.config_safety import UnsafeTarget, check_targets, targets_of
 from cl_bench.experiment_keys import experiment_identity, flatten
 from cl_bench.figures import plot_comparison
 from cl_bench.metrics import task_letters
 from cl_bench.metrics_log import METRICS_FILE, read_metrics
-from cl_bench.run_folder import CONFIG_FILE, STATE_DIR, saved_config_path, state_dir
+from cl_bench.run_folder import CONFIG_FILE, STATE_DIR, is_running, saved_config_path, state_dir
 from cl_bench.summary import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ HYDRA_DIR = ".hydra"
 RUN_MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{STATE_DIR}/{CONFIG_FILE}", f"{HYDRA_DIR}/{CONFIG_FILE}")
 REQUIRED_KEYS = ("method._target_", "model._target_", "dataset", "seed")  # in every cl_bench run's config
 # The statuses of a job without a result, in the order a row without an ok job shows the first it has.
-NOT_OK = ("failed", "unreadable", "interrupted", "not_run", "running")
+NOT_OK = ("failed", "unreadable", "killed", "interrupted", "not_run", "running")
 STATUSES = ("ok", *NOT_OK)
-LISTED = ("failed", "unreadable", "interrupted", "not_run")  # the jobs named under the table
+LISTED = ("failed", "unreadable", "killed", "interrupted", "not_run")  # the jobs named under the table
 JOB_COLUMNS = ["Technique", "job", "status", "seed", "overrides", "error"]
 # What reading a saved file may raise: the file, its encoding, its YAML / JSON, OmegaConf's grammar.
 READ_ERRORS = (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException)
@@ -192,10 +193,10 @@ def _overrides(path: Path) -> str | None:
     return " ".join(map(str, overrides)) if isinstance(overrides, ListConfig) else None
 
 
-def read_run(run_dir: Path, config_dirs: list[Path] | None = None) -> Run | None:
+def read_run(run_dir: Path, config_dirs: list[Path] | None = None, trusted: frozenset[str] = frozenset()) -> Run | None:
     """The run in `run_dir`, or None (with a warning naming what was not read) when it has no run's
     config, an unreadable one, or one whose targets are not allowed (checked before anything of it is
-    imported; `config_dirs` as check_targets')."""
+    imported; `config_dirs` and `trusted` as check_targets')."""
     saved = saved_config_dir(run_dir)
     config_path = saved / CONFIG_FILE
     if not config_path.exists():
@@ -208,15 +209,18 @@ def read_run(run_dir: Path, config_dirs: list[Path] | None = None) -> Run | None
         return None
     try:
         config = read_config(config_path)
-        check_targets(config, source=str(config_path), config_dirs=config_dirs)
+        check_targets(config, source=str(config_path), config_dirs=config_dirs, trusted=trusted)
     except UnsafeTarget as error:
         log.warning("left out of the report: %s: %s", run_dir, _one_line(error))
         return None
     except READ_ERRORS as error:
         log.warning("left out of the report: %s cannot be read: %s", config_path, _one_line(error))
         return None
-    return Run(run_dir, config, read_summary(run_dir / SUMMARY_FILE), _choices(saved / "hydra.yaml"),
-               _overrides(saved / "overrides.yaml"))
+    summary = read_summary(run_dir / SUMMARY_FILE)
+    if summary is None and is_running(run_dir) is False:
+        summary = {"status": "killed", "error": "its process ended without a summary (killed, out of memory or a "
+                                                f"full disk); continue with: cl-bench resume={run_dir}"}
+    return Run(run_dir, config, summary, _choices(saved / "hydra.yaml"), _overrides(saved / "overrides.yaml"))
 
 
 def _agreed(runs: list[Run], key: str, flag: str | None, default: str, allowed) -> str:
@@ -586,16 +590,18 @@ def run_records(runs: list[Run], settings: Settings) -> list[dict[str, Any]]:
 
 
 def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,
-                 select: tuple[str, ...] = (), config_dirs: list[Path] | None = None) -> str:
+                 select: tuple[str, ...] = (), config_dirs: list[Path] | None = None,
+                 trusted: frozenset[str] = frozenset()) -> str:
     """Read the runs under `roots`, write report.md, report.csv, jobs.csv and comparison.png to `out_dir`.
     `metric`, `spread` and `select` as `cl-bench-report`'s flags (None: the runs' `report:` config);
-    `config_dirs`: config folders whose targets the runs' configs may name (as check_targets')."""
+    `config_dirs`: config folders whose targets the runs' configs may name; `trusted`: more targets
+    they may name (the sweep's own config's; both as check_targets')."""
     run_dirs = find_run_dirs(roots)
     where = ", ".join(map(str, roots))
     if not run_dirs:
         raise FileNotFoundError(f"no cl_bench runs under {where} (no folder there holds a "
                                 f"{' or '.join(RUN_MARKERS)})")
-    found = [run for run in (read_run(run_dir, config_dirs) for run_dir in run_dirs) if run is not None]
+    found = [run for run in (read_run(run_dir, config_dirs, trusted) for run_dir in run_dirs) if run is not None]
     settings = report_settings(found, metric, spread, select)
     records = run_records(found, settings)
     if not records:
@@ -634,6 +640,7 @@ class ReportCallback(Callback):
                 metric=OmegaConf.select(config, "report.metric", default=None),
                 spread=OmegaConf.select(config, "report.spread", default=None),
                 select=tuple(OmegaConf.select(config, "report.select", default=None) or ()),
+                trusted=targets_of({**OmegaConf.to_container(config, resolve=False), "hydra": None}),
             )
         except (FileNotFoundError, ValueError) as error:
             log.warning("no report: %s", error)

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.checkpoint import CheckpointDir, load_weights_file, write_json
-from cl_bench.config_safety import check_targets
+from cl_bench.config_safety import check_targets, targets_of
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.data.task import Task
 from cl_bench.experiment_keys import changes_experiment
@@ -46,7 +46,16 @@ OMEGACONF_DETAIL = ("full_key:", "object_type=", "reference_type=")  # lines Ome
 
 
 def describe(cfg: DictConfig) -> dict:
-    """The keys a report groups and labels runs by."""
+    """The keys a report groups and labels runs by; as many as can be read (a config that does not
+    resolve fails validation, and its summary still names what it can)."""
+    try:
+        return _description(cfg)
+    except Exception:  # noqa: BLE001
+        return {key: value for key in ("lr", "seed", "scenario")
+                if isinstance(value := OmegaConf.select(cfg, key, throw_on_resolution_failure=False), (int, float, str))}
+
+
+def _description(cfg: DictConfig) -> dict:
     method = OmegaConf.to_container(cfg.method, resolve=True)
     return {
         "method": method.pop("label", None) or method["_target_"].rsplit(".", 1)[-1],
@@ -83,7 +92,7 @@ def resumed_config(cfg: DictConfig, override_keys: Sequence[str]) -> tuple[DictC
                 f"be continued; start a new run (its results stay readable by cl-bench-report)"
             )
         raise FileNotFoundError(f"resume={cfg.resume}: not a cl_bench run folder (no {STATE_DIR}/config.yaml there)")
-    check_targets(saved, str(saved_config_path(folder)))
+    check_targets(saved, str(saved_config_path(folder)), trusted=targets_of(cfg))
     refused = []
     for key in override_keys:
         if key == "resume" or _plain_at(cfg, key) == _plain_at(saved, key):
@@ -225,8 +234,8 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, figure: CurveFigure, clock: Wa
     summary: dict = {"status": "running"}
     logger, metrics = None, None
     try:
-        validate_config(cfg)
         summary.update(describe(cfg))
+        validate_config(cfg)
         logger = instantiate(cfg.logger)
         metrics = MetricsLog(run_dir / METRICS_FILE, listeners=[logger.log_row])
         logger.start(cfg, run_dir)

@@ -119,6 +119,20 @@ def restore_hydra_files(run_dir: Path) -> None:
             shutil.copyfile(state_dir(run_dir) / name, hydra_dir / name)
 
 
+def is_running(run_dir: Path) -> bool | None:
+    """Whether a process holds the run folder's lock now; None for a folder without one (made by an
+    earlier cl_bench) or where the lock cannot be tried (a read-only copy)."""
+    if not state_dir(run_dir).is_dir():
+        return None
+    try:
+        with FileLock(state_dir(run_dir) / "lock", blocking=False):
+            return False
+    except Timeout:
+        return True
+    except OSError:
+        return None
+
+
 class RunLock:
     """Held for a whole run: a second process in the same folder is refused, naming the holder's PID.
     The OS releases it when the process dies (SIGKILL included)."""

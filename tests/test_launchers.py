@@ -41,7 +41,7 @@ def test_slurm_preset_extends_the_plugin_config_with_our_defaults():
 
 def test_joblib_runs_four_jobs_in_parallel_and_reports_the_failed_one(tmp_path):
     done = cl_bench(tmp_path, "hydra/launcher=joblib", "lr=0.001,0.0001,0.01,-1", "threads=null", multirun=True)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "1 of 4 jobs did not end ok (1 failed)" in done.stderr, done.stderr
     sweep = sweep_folder(tmp_path)
     assert statuses(sweep) == {0.001: "ok", 0.0001: "ok", 0.01: "ok", -1: "failed"}
     report = (sweep / "report.md").read_text()
@@ -53,7 +53,7 @@ def test_joblib_runs_four_jobs_in_parallel_and_reports_the_failed_one(tmp_path):
 
 def test_submitit_local_runs_two_jobs_and_reports_the_failed_one(tmp_path):
     done = cl_bench(tmp_path, "hydra/launcher=slurm_local", "lr=0.001,-1", multirun=True)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "1 of 2 jobs did not end ok (1 failed)" in done.stderr, done.stderr
     sweep = sweep_folder(tmp_path)
     assert statuses(sweep) == {0.001: "ok", -1: "failed"}
     assert "| Baseline (lr=-1) | **failed** |" in (sweep / "report.md").read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cl_bench.checkpoint import load_checkpoint
+from cl_bench.checkpoint import load_checkpoint, save_checkpoint
 from cl_bench.run import run_experiment
 from cl_bench.run_folder import RunLock, saved_config_path
 from tests.conftest import FAST
@@ -199,38 +199,10 @@ def test_wall_time_after_a_resume_covers_every_part(make_config, tmp_path):
     )
     assert stopped["status"] == "interrupted"
     (latest,) = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1:]
-    before = load_checkpoint(latest)["wall_time_s"]
-    started = time.perf_counter()
+    state = load_checkpoint(latest)
+    assert 0 < state["wall_time_s"] < 1000
+    state["wall_time_s"] = 1000.0  # as if the first part had taken 1000 s
+    save_checkpoint(state, latest)
     resumed = run_experiment(make_config(*FAST, "first_task.cache=false"), run_dir)
-    own = time.perf_counter() - started
     assert resumed["status"] == "ok" and "resumed_from" in resumed
-    assert before > 0 and resumed["wall_time_s"] > own  # the earlier part counts too
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 200 KiB tmpfs under tmp_path (needs root and mount; skipped where it cannot be made)."""
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip() or 'mount failed'}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_a_job_on_a_full_disk_fails_alone_and_the_sweep_reports(tmp_path, small_disk):
-    """Fault injection: job 1's run folder sits on a file system that fills up during its run."""
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    (sweep / "1").symlink_to(small_disk, target_is_directory=True)
-    done = cl_bench(tmp_path, *SMALL, "steps=400", "checkpoint.every=5", "checkpoint.keep=50", "model.hidden=[256]",
-                    "method=baseline,lowlr,ewc", f"hydra.sweep.dir={sweep}", multirun=True)
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    failure = [line for line in done.stderr.splitlines() if "No space left on device" in line]
-    assert failure and all(len(line) < 400 for line in failure)
-    statuses = {name: s["status"] for name, s in summaries(sweep).items()}
-    assert statuses["0"] == "ok" and statuses["2"] == "ok"
-    for line in (small_disk / "metrics.jsonl").read_text().splitlines():  # what was written stays readable
-        json.loads(line)
-    assert "EWC" in (sweep / "report.md").read_text()
+    assert 1000 < resumed["wall_time_s"] < 1100  # the earlier part counts too
