@@ -1,7 +1,7 @@
 """`cl-bench`: the Hydra application. Composes the package's conf/, runs one experiment per job.
 
 Messages, not tracebacks: a job that fails, is refused or is stopped says so in one line (the
-traceback of a failure stays in its run folder's error.txt). Ctrl-C on a sweep stops the sweep: the
+traceback of a failure stays in its run folder's error.txt, and is printed too with hydra.verbose=true). Ctrl-C on a sweep stops the sweep: the
 current job checkpoints, the jobs after it are not started (each gets a summary saying "not_run"),
 the report is written and the command exits non-zero.
 """
@@ -106,6 +106,8 @@ def main(cfg: DictConfig) -> float:
     if multirun and summary["status"] == "interrupted":
         _sweep_stopped = True
     line = result_line(summary, folder)
+    if summary["status"] == "failed" and hydra_cfg.verbose and (folder / "error.txt").exists():
+        print((folder / "error.txt").read_text(), file=sys.stderr)  # hydra.verbose=true: the traceback too
     if not multirun:
         # The process ends after this single job, its files written and closed: spare it the
         # interpreter's final collections over everything torch and the run left (~0.6 s).
