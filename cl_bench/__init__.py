@@ -1,9 +1,10 @@
 """cl_bench: a Hydra-configured runner for sequential (continual) learning experiments."""
 
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_PACKAGE = "cl_bench.conf"  # conf/ of the repository, installed inside the package
+CONFIG_DIR = Path(str(resources.files(CONFIG_PACKAGE)))
 
 try:
     __version__ = metadata.version("cl_bench")

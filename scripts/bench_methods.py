@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cl_bench.data.task import Task, TensorSplit
+from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.baseline import Baseline
 from cl_bench.methods.ewc import EWC
@@ -24,8 +25,6 @@ from cl_bench.methods.fisher import diagonal_fisher, diagonal_fisher_loop
 from cl_bench.methods.kd import KD
 from cl_bench.models.mlp import MLP
 from cl_bench.models.resnet import resnet18
-from cl_bench.scenario import Scenario
-
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "MLP 784-400-400-10": (lambda: MLP((1, 28, 28), 10, [400, 400]), (1, 28, 28)),

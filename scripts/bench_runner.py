@@ -496,7 +496,7 @@ def runner_command(case: str, data_dir: Path, output_root: Path, stamp: Path) ->
         f"data_dir={data_dir}",
         f"output_root={output_root}",
     ]
-    return [sys.executable, "-m", "cl_bench.app", *overrides]
+    return [sys.executable, "-m", "cl_bench.cli.app", *overrides]
 
 
 def measure_runner(case: str, data_dir: Path, work: Path) -> Measurement:
@@ -541,7 +541,7 @@ def measure_bare(case: str, data_dir: Path, work: Path) -> Measurement:
 def timed_runner(stamp: Path, overrides: list[str]) -> None:
     """`cl-bench <overrides>` in this process, writing to `stamp` the time the task data was ready.
 
-    `cl_bench.run` (hence torch) is patched when `cl-bench` itself imports it, not imported here
+    `cl_bench.engine.run` (hence torch) is patched when `cl-bench` itself imports it, not imported here
     first: the app does things before that import (its figure helper starts then)."""
     import importlib.abc
     import importlib.machinery
@@ -558,7 +558,7 @@ def timed_runner(stamp: Path, overrides: list[str]) -> None:
 
     class PatchOnImport(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            if name != "cl_bench.run":
+            if name != "cl_bench.engine.run":
                 return None
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             execute = spec.loader.exec_module
@@ -572,7 +572,7 @@ def timed_runner(stamp: Path, overrides: list[str]) -> None:
 
     sys.meta_path.insert(0, PatchOnImport())
     sys.argv = ["cl-bench", *overrides]
-    from cl_bench.app import main
+    from cl_bench.cli.app import main
 
     main()
 
@@ -653,7 +653,7 @@ def markdown(rows: list[dict], header: str) -> str:
 
 def describe(data_note: str, reps: int) -> str:
     return (
-        f"Runner (`python -m cl_bench.app`) against a bare hand-written PyTorch loop, {reps} interleaved "
+        f"Runner (`python -m cl_bench.cli.app`) against a bare hand-written PyTorch loop, {reps} interleaved "
         f"repetition(s), medians of paired ratios; {data_note}. Ratios are runner/bare (time, CPU time, RSS: "
         "lower is better; steps/s: higher is better). The bare loop uses the same data files, split, permutations, model initialisation, "
         "batches, steps, loss terms and evaluation points (val of every task at each task's start and end, "

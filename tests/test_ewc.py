@@ -11,6 +11,7 @@ from torch import nn
 
 from cl_bench import CONFIG_DIR
 from cl_bench.data.task import Task, TensorSplit
+from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, TrainContext
 from cl_bench.methods.build import build_method
 from cl_bench.methods.ewc import EWC
@@ -18,8 +19,6 @@ from cl_bench.methods.fisher import diagonal_fisher_loop
 from cl_bench.methods.l2 import L2
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
-from cl_bench.scenario import Scenario
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from cl_bench import CONFIG_DIR
 from cl_bench.data.sources import MNIST_FILES
-from cl_bench.report import read_report_csv
+from cl_bench.results.report import read_report_csv
 from tests.test_cli import cl_bench
 
 EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))

@@ -10,12 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.data.task import TensorSplit
+from cl_bench.engine.scenario import Scenario
 from cl_bench.methods import fisher
 from cl_bench.methods.fisher import LABELS, diagonal_fisher, diagonal_fisher_loop
 from cl_bench.models.mlp import MLP
 from cl_bench.models.resnet import resnet18
-from cl_bench.scenario import Scenario
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from cl_bench.data.task import Task, TensorSplit
+from cl_bench.engine.run import run_experiment
+from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.joint import Joint
 from cl_bench.methods.replay import Replay, herding
 from cl_bench.models.mlp import MLP
-from cl_bench.run import run_experiment
-from cl_bench.scenario import Scenario
 from tests.conftest import FAST
 
 SHAPE = (2, 3)

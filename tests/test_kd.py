@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from cl_bench.data.task import Task, TensorSplit
+from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.kd import KD
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
-from cl_bench.scenario import Scenario
 
 SHAPE = (6,)
 

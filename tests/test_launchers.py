@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from cl_bench import CONFIG_DIR
-from cl_bench.run import FAILED_SCORE, objective
+from cl_bench.engine.run import FAILED_SCORE, objective
 from tests.test_cli import cl_bench
 
 

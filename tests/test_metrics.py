@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cl_bench.metrics import average_final_accuracy, backward_transfer, forgetting, peak_score, task_letters
+from cl_bench.results.metrics import average_final_accuracy, backward_transfer, forgetting, peak_score, task_letters
 
 
 def test_score_is_peak_mean_within_window():

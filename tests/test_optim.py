@@ -10,11 +10,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cl_bench.data.sequences import build_task_sequence
+from cl_bench.engine.optim import build_optimizer, carried_optimizer
+from cl_bench.engine.run import run_experiment
+from cl_bench.engine.trainer import index_batches
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
-from cl_bench.optim import build_optimizer, carried_optimizer
-from cl_bench.run import run_experiment
-from cl_bench.trainer import index_batches
 from tests.conftest import FAST
 
 pytestmark = pytest.mark.usefixtures("one_thread")

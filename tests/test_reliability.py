@@ -14,11 +14,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cl_bench.checkpoint import load_checkpoint, write_checksummed
-from cl_bench.run import run_experiment
-from cl_bench.run_folder import saved_config_path
-from cl_bench.trainer import IncompatibleState
-from cl_bench.validate import ConfigError, validate_config
+from cl_bench.engine.checkpoint import load_checkpoint, write_checksummed
+from cl_bench.engine.run import run_experiment
+from cl_bench.engine.run_folder import saved_config_path
+from cl_bench.engine.validate import validate_config
+from cl_bench.errors import ConfigError
 from tests.conftest import FAST
 
 
@@ -157,7 +157,7 @@ def test_first_task_is_trained_once_and_reused_identically(make_config, tmp_path
 def test_parallel_jobs_train_the_first_task_once(tmp_path):
     common = [f"output_root={tmp_path / 'out'}", *FAST, "first_task.steps=200"]
     jobs = [
-        subprocess.Popen([sys.executable, "-m", "cl_bench.app", *common, f"lr={lr}"], stdout=subprocess.DEVNULL,
+        subprocess.Popen([sys.executable, "-m", "cl_bench.cli.app", *common, f"lr={lr}"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
         for lr in (0.001, 0.0001)
     ]

@@ -18,10 +18,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cl_bench import CONFIG_DIR, __version__
-from cl_bench.experiment_keys import experiment_identity
-from cl_bench.report import main as report_main
-from cl_bench.report import read_report_csv, write_report
-from cl_bench.run_folder import state_dir
+from cl_bench.cli.report import main as report_main
+from cl_bench.engine.run_folder import state_dir
+from cl_bench.results.experiment_keys import experiment_identity
+from cl_bench.results.report import read_report_csv, write_report
 
 
 def compose_run(*overrides: str):
@@ -55,7 +55,7 @@ def edit_config(path: Path, key: str, value) -> None:
 
 def warnings_of(caplog) -> list[str]:
     """The report's warnings, each checked to be one line."""
-    messages = [r.getMessage() for r in caplog.records if r.name == "cl_bench.report" and r.levelno == logging.WARNING]
+    messages = [r.getMessage() for r in caplog.records if r.name == "cl_bench.results.report" and r.levelno == logging.WARNING]
     assert all("\n" not in message for message in messages), messages
     return messages
 
@@ -283,10 +283,10 @@ def test_the_identity_leaves_out_where_and_how_a_run_is_done():
 CALLBACK_WITHOUT_WANDB = """
 import sys
 from omegaconf import OmegaConf
-from cl_bench.report import ReportCallback
+from cl_bench.results.report import write_sweep_report
 config = {"hydra": {"sweep": {"dir": sys.argv[1]}}, "logger": {"_target_": "cl_bench.loggers.base.RunLogger"},
           "report": {"metric": "score", "spread": "sem", "select": []}}
-ReportCallback().on_multirun_end(OmegaConf.create(config))
+write_sweep_report(OmegaConf.create(config))
 print("wandb imported:", "wandb" in sys.modules)
 """
 
@@ -302,7 +302,7 @@ def test_the_callback_writes_the_report_without_importing_wandb_unless_asked(swe
 
 def test_a_real_sweep_over_models_gives_a_row_per_model(tmp_path):
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "-m", "cl_bench.app", "-m", "model=mlp,mlp400", "first_task.steps=20", "steps=20",
+    command = [sys.executable, "-m", "cl_bench.cli.app", "-m", "model=mlp,mlp400", "first_task.steps=20", "steps=20",
                "eval_every=10", "threads=1", f"output_root={tmp_path / 'out'}", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -8,9 +8,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torchvision.models import resnet18 as torchvision_resnet18
 
+from cl_bench.engine.device import device_model_options
 from cl_bench.models.head import grow_head
 from cl_bench.models.resnet import resnet18
-from cl_bench.precision import device_model_options
 
 
 def test_forward_shapes_at_32px():

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cl_bench.checkpoint import load_checkpoint, save_checkpoint
-from cl_bench.run import run_experiment
-from cl_bench.run_folder import RunLock, saved_config_path
+from cl_bench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cl_bench.engine.run import run_experiment
+from cl_bench.engine.run_folder import RunLock, saved_config_path
 from tests.conftest import FAST
 from tests.test_cli import cl_bench
 
@@ -91,7 +91,7 @@ def test_two_resumes_at_once_one_is_refused(tmp_path):
     saved = OmegaConf.load(saved_config_path(run_dir))
     saved.logger = {"_target_": "cl_bench.loggers.base.RunLogger"}  # the run's own test logger would stop it again
     OmegaConf.save(saved, saved_config_path(run_dir))
-    command = [sys.executable, "-m", "cl_bench.app", f"resume={run_dir}"]
+    command = [sys.executable, "-m", "cl_bench.cli.app", f"resume={run_dir}"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (run_dir / ".cl_bench" / "lock.owner").exists() and time.monotonic() < deadline:

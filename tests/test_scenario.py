@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cl_bench.engine.scenario import Scenario
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
-from cl_bench.scenario import Scenario
 
 
 def test_domain_il_shares_one_head():

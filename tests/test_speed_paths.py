@@ -7,16 +7,15 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from cl_bench.figure_worker import CurveFigure
 from cl_bench.methods.ewc import Quadratic
 from cl_bench.methods.kd import distillation_losses
-from cl_bench.metrics_log import MetricsLog, read_metrics, write_metrics_csv
+from cl_bench.results.figure_worker import CurveFigure
+from cl_bench.results.metrics_log import MetricsLog, read_metrics, write_metrics_csv
 
 ROWS = [
     {"step": 0, "task": 0, "task_step": 0, "val/a": 0.1, "val/b": math.nan},
@@ -64,7 +63,7 @@ def test_an_unused_helper_is_stopped():
 
 def test_a_single_run_freezes_the_gc_and_still_writes_everything(tmp_path):
     code = (
-        "import gc, sys; from cl_bench.app import main; sys.argv = ['cl-bench', *sys.argv[1:]]\n"
+        "import gc, sys; from cl_bench.cli.app import main; sys.argv = ['cl-bench', *sys.argv[1:]]\n"
         "try:\n    main()\nfinally:\n    print('frozen', gc.get_freeze_count() > 0)\n"
     )
     overrides = ["first_task.steps=5", "steps=5", "eval_every=5", "threads=1", f"output_root={tmp_path}"]

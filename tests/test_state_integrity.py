@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cl_bench.checkpoint import TRAILER_SIZE, CorruptState, load_checkpoint, save_checkpoint, write_json
-from cl_bench.figure_worker import CurveFigure
-from cl_bench.run import load_initial_weights, run_experiment
-from cl_bench.trainer import STATE_FORMAT, IncompatibleState
+from cl_bench.engine.checkpoint import TRAILER_SIZE, CorruptState, load_checkpoint, save_checkpoint, write_json
+from cl_bench.engine.run import load_initial_weights, run_experiment
+from cl_bench.engine.trainer import STATE_FORMAT, IncompatibleState
+from cl_bench.results.figure_worker import CurveFigure
 from tests.conftest import FAST
 from tests.test_reliability import COMPARED
 
@@ -108,11 +108,11 @@ def test_a_run_whose_latest_checkpoint_is_truncated_resumes_from_the_one_before(
     expected = results(whole, run_dir)
     latest = run_dir / "checkpoints" / "ckpt-000000060-002.pt"
     latest.write_bytes(latest.read_bytes()[:1000])
-    with caplog.at_level(logging.WARNING, logger="cl_bench.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="cl_bench.engine.checkpoint"):
         resumed = run_in(make_config, run_dir, *RESUMABLE)
     assert resumed["status"] == "ok", resumed.get("error")
     assert resumed["resumed_from"] == str(run_dir / "checkpoints" / "ckpt-000000050-001.pt")
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cl_bench.checkpoint"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cl_bench.engine.checkpoint"]
     assert str(latest) in warning and "truncated" in warning
     assert (latest.parent / f"{latest.name}.corrupt").exists()  # kept for inspection, never picked again
     assert results(resumed, run_dir) == expected
@@ -134,11 +134,11 @@ def test_a_truncated_task_a_cache_entry_is_retrained(make_config, tmp_path, capl
     good = run_in(make_config, tmp_path / "good", *FAST)
     (entry,) = (tmp_path / "outputs" / "cache" / "first_task").glob("*.pt")
     entry.write_bytes(entry.read_bytes()[:-100])
-    with caplog.at_level(logging.WARNING, logger="cl_bench.first_task_cache"):
+    with caplog.at_level(logging.WARNING, logger="cl_bench.engine.first_task_cache"):
         retrained = run_in(make_config, tmp_path / "retrained", *FAST)
     assert retrained["status"] == "ok", retrained.get("error")
     assert not retrained["first_task_cached"]
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cl_bench.first_task_cache"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cl_bench.engine.first_task_cache"]
     assert str(entry) in warning and "retraining task A" in warning
     reused = run_in(make_config, tmp_path / "reused", *FAST)  # the entry was replaced by a good one
     assert reused["first_task_cached"]
@@ -154,11 +154,11 @@ from pathlib import Path
 import sklearn.datasets  # noqa: F401 (what the digits are read with: imported once, before forking)
 from hydra import compose, initialize_config_dir
 
-import cl_bench.checkpoint
+import cl_bench.engine.checkpoint
 from cl_bench import CONFIG_DIR
-from cl_bench.figure_worker import CurveFigure
-from cl_bench.run import run_experiment
-from cl_bench.trainer import Trainer
+from cl_bench.results.figure_worker import CurveFigure
+from cl_bench.engine.run import run_experiment
+from cl_bench.engine.trainer import Trainer
 
 
 def die():
@@ -177,7 +177,7 @@ def kill_in_step(step):
 
 
 def kill_in_write(step):
-    atomic_write = cl_bench.checkpoint._atomic_write
+    atomic_write = cl_bench.engine.checkpoint._atomic_write
 
     def half_written(path, write):
         if not path.name.startswith(f"ckpt-{step:09d}-"):
@@ -192,7 +192,7 @@ def kill_in_write(step):
 
         atomic_write(path, write_half)
 
-    cl_bench.checkpoint._atomic_write = half_written
+    cl_bench.engine.checkpoint._atomic_write = half_written
 
 
 overrides, kills = json.loads(sys.argv[1]), json.loads(sys.argv[2])

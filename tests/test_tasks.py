@@ -9,7 +9,8 @@ import torch
 
 from cl_bench.data.sequences import build_task_sequence, permuted_tasks, split_tasks
 from cl_bench.data.sources import mnist, sklearn_digits
-from cl_bench.validate import ConfigError, validate_config
+from cl_bench.engine.validate import validate_config
+from cl_bench.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

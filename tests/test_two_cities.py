@@ -17,11 +17,11 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from cl_bench import CONFIG_DIR
-from cl_bench.checkpoint import load_checkpoint
 from cl_bench.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from cl_bench.data.sequences import build_task_sequence
-from cl_bench.first_task_cache import first_task_key
-from cl_bench.run import run_experiment
+from cl_bench.engine.checkpoint import load_checkpoint
+from cl_bench.engine.first_task_cache import first_task_key
+from cl_bench.engine.run import run_experiment
 
 # make_model_year folders (years merged into make_model), a class dropped by top_k=3 (mazda_3), one
 # under min_images=4 (kia_rio), a folder the pattern does not match; broken.jpg, gray.png, rgba.png
@@ -185,7 +185,7 @@ def test_corrupt_file_is_an_error_when_configured(data_dir, tmp_path):
 
 def test_parallel_jobs_train_task_a_once(data_dir, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "cl_bench.app", f"data_dir={data_dir}", f"output_root={out}", *SMALL,
+    command = [sys.executable, "-m", "cl_bench.cli.app", f"data_dir={data_dir}", f"output_root={out}", *SMALL,
                "first_task.steps=12", "eval_every=6"]
     jobs = [subprocess.Popen([*command, f"lr={lr}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for lr in (0.001, 0.0001)]

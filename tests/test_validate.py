@@ -7,9 +7,10 @@ from omegaconf import OmegaConf
 
 from cl_bench import CONFIG_DIR
 from cl_bench.data.sequences import build_task_sequence
+from cl_bench.engine.run import run_experiment
+from cl_bench.engine.validate import check_against_tasks, validate_config
+from cl_bench.errors import ConfigError
 from cl_bench.methods.build import RUN_KEYS, build_method
-from cl_bench.run import run_experiment
-from cl_bench.validate import ConfigError, check_against_tasks, validate_config
 from tests.conftest import FAST
 
 # The reproduced findings of issue 13, each with the start of the message that must name its key.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -15,10 +15,10 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 
+from cl_bench.engine.run import run_experiment
 from cl_bench.loggers import wandb as wandb_logger
 from cl_bench.loggers.base import RunLogger
 from cl_bench.loggers.wandb import WandbLogger
-from cl_bench.run import run_experiment
 from tests.conftest import FAST
 from tests.test_cli import cl_bench
 

@@ -43,9 +43,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from wandb.sdk.lib import runid, wbauth
 
+from cl_bench.engine.run_folder import state_dir
 from cl_bench.loggers.base import RunLogger
-from cl_bench.metrics_log import METRICS_FILE
-from cl_bench.run_folder import state_dir
+from cl_bench.results.metrics_log import METRICS_FILE
 
 log = logging.getLogger(__name__)
 

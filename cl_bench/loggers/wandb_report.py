@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cl_bench.loggers.wandb import WandbLogger, sweep_group
-from cl_bench.report import read_report_csv
+from cl_bench.results.report import read_report_csv
 
 log = logging.getLogger(__name__)
 

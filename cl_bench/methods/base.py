@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from cl_bench.data.task import Split, Task
-from cl_bench.scenario import Scenario
+from cl_bench.engine.scenario import Scenario
 
 
 @dataclass

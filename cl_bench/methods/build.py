@@ -7,8 +7,8 @@ import inspect
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Method
-from cl_bench.validate import ConfigError
 
 # Keys of a method node that describe the run rather than the method's constructor.
 RUN_KEYS = ("label", "lr")

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from cl_bench.data.task import Task
+from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.fisher import LABELS, diagonal_fisher
 from cl_bench.methods.params import choice, count, number
-from cl_bench.validate import ConfigError
 
 SCOPES = ("all", "last")
 MODES = ("separate", "sum", "online")

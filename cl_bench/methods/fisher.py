@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bench.data.task import Split
-from cl_bench.scenario import Scenario
+from cl_bench.engine.scenario import Scenario
 
 LABELS = ("true", "sample", "argmax", "expected")
 

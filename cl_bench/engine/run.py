@@ -18,31 +18,38 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.checkpoint import CheckpointDir, load_weights_file, write_json
-from cl_bench.config_safety import check_targets, targets_of
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.data.task import Task
-from cl_bench.experiment_keys import changes_experiment
-from cl_bench.figure_worker import CurveFigure
-from cl_bench.first_task_cache import FirstTaskCache, first_task_key
-from cl_bench.methods.build import build_method
-from cl_bench.metrics_log import METRICS_CSV, METRICS_FILE, MetricsLog, write_metrics_csv
-from cl_bench.models.head import grow_head
-from cl_bench.precision import device_model_options
-from cl_bench.provenance import device_description, git_state, resolve_device, versions
-from cl_bench.run_folder import (
-    STATE_DIR, ConfigMismatch, RunLock, bind, check_claim, load_saved_config, saved_config_path, shown,
+from cl_bench.engine.checkpoint import CheckpointDir, load_weights_file, write_json
+from cl_bench.engine.config_safety import check_targets, targets_of
+from cl_bench.engine.device import device_description, device_model_options, resolve_device
+from cl_bench.engine.first_task_cache import FirstTaskCache, first_task_key
+from cl_bench.engine.run_folder import (
+    STATE_DIR,
+    ConfigMismatch,
+    RunLock,
+    bind,
+    check_claim,
+    load_saved_config,
+    saved_config_path,
+    shown,
 )
-from cl_bench.scenario import Scenario
-from cl_bench.summary import SUMMARY_FILE, result_summary
-from cl_bench.trainer import IncompatibleState, StopRequested, Trainer
-from cl_bench.validate import check_against_tasks, validate_config
+from cl_bench.engine.scenario import Scenario
+from cl_bench.engine.trainer import IncompatibleState, StopRequested, Trainer
+from cl_bench.engine.validate import check_against_tasks, validate_config
+from cl_bench.errors import one_line
+from cl_bench.methods.build import build_method
+from cl_bench.models.head import grow_head
+from cl_bench.results.experiment_keys import changes_experiment
+from cl_bench.results.figure_worker import CurveFigure
+from cl_bench.results.metrics_log import METRICS_CSV, METRICS_FILE, MetricsLog, write_metrics_csv
+from cl_bench.results.provenance import git_state, versions
+from cl_bench.results.summary import SUMMARY_FILE, result_summary
 
 log = logging.getLogger(__name__)
 
 FAILED_SCORE = 0.0  # what a failed run returns to a sweeper that maximises Score: the worst Score
 TASKS_FILE = "tasks.json"
-OMEGACONF_DETAIL = ("full_key:", "object_type=", "reference_type=")  # lines OmegaConf adds to its messages
 
 
 def describe(cfg: DictConfig) -> dict:
@@ -244,7 +251,7 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, figure: CurveFigure, clock: Wa
     except StopRequested as stop:
         summary.update(status="interrupted", error=f"{stop}; continue with: cl-bench resume={run_dir}")
     except Exception as error:
-        summary.update(status="failed", error=one_line(error))
+        summary.update(status="failed", error=f"{type(error).__name__}: {one_line(error)}")
         _attempt(lambda: (run_dir / "error.txt").write_text(traceback.format_exc()), run_dir / "error.txt", summary)
         log.debug("run failed: %s (details in %s)", summary["error"], run_dir / "error.txt")
     except BaseException:
@@ -262,15 +269,6 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, figure: CurveFigure, clock: Wa
             _attempt(lambda: logger.finish(summary, run_dir), "the logger", summary)
         _attempt(lambda: write_json(summary, run_dir / SUMMARY_FILE), run_dir / SUMMARY_FILE, summary)
     return summary
-
-
-def one_line(error: Exception) -> str:
-    """An error as one line: its type and message (lines joined, OmegaConf's key/type lines left out),
-    and the config key it names."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    text = " ".join(line for line in lines if line and not line.startswith(OMEGACONF_DETAIL))
-    key = getattr(error, "full_key", None)
-    return f"{type(error).__name__}: {text}" + (f" (at {key})" if key and str(key) not in text else "")
 
 
 def _attempt(action: Callable[[], object], what: object, summary: dict) -> None:

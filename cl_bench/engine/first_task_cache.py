@@ -13,9 +13,9 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.checkpoint import CorruptState, load_checkpoint, remove_partial_writes, save_checkpoint
-from cl_bench.metrics_log import MetricsLog
-from cl_bench.trainer import STATE_FORMAT, SequenceResult, Trainer
+from cl_bench.engine.checkpoint import CorruptState, load_checkpoint, remove_partial_writes, save_checkpoint
+from cl_bench.engine.trainer import STATE_FORMAT, SequenceResult, Trainer
+from cl_bench.results.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
 

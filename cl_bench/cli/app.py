@@ -1,4 +1,4 @@
-"""`cl-bench`: the Hydra application. Composes the package's conf/, runs one experiment per job.
+"""`cl-bench`: the Hydra application. Composes the package's configs (cl_bench.conf), runs one experiment per job.
 
 Messages, not tracebacks: a job that fails, is refused or is stopped says so in one line (the
 traceback of a failure stays in its run folder's error.txt, and is printed too with hydra.verbose=true). Ctrl-C on a sweep stops the sweep: the
@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench import CONFIG_DIR
+from cl_bench import CONFIG_PACKAGE
 
 _frozen = False
 _sweep_stopped = False  # a sweep was asked to stop (Ctrl-C / SIGTERM): later jobs are not run
@@ -63,9 +63,9 @@ def override_keys() -> list[str]:
 
 def not_run(cfg: DictConfig, run_dir: Path) -> float:
     """A job of a stopped sweep: recorded as not run, nothing trained."""
-    from cl_bench.checkpoint import write_json
-    from cl_bench.run import FAILED_SCORE
-    from cl_bench.summary import SUMMARY_FILE
+    from cl_bench.engine.checkpoint import write_json
+    from cl_bench.engine.run import FAILED_SCORE
+    from cl_bench.results.summary import SUMMARY_FILE
 
     write_json({"status": "not_run", "error": "the sweep was stopped before this job started"}, run_dir / SUMMARY_FILE)
     print(f"cl-bench: not run (the sweep was stopped): {run_dir}", file=sys.stderr)
@@ -83,7 +83,7 @@ def result_line(summary: dict, folder: Path) -> str:
     return f"cl-bench: run {summary['status']}: {summary.get('error')} ({where})"
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")
 def main(cfg: DictConfig) -> float:
     global _sweep_stopped
     freeze_startup_objects()
@@ -94,10 +94,13 @@ def main(cfg: DictConfig) -> float:
         watch_sweep_signals()
         if _sweep_stopped:
             return not_run(cfg, own_dir)
-    from cl_bench.figure_worker import CurveFigure
+    from cl_bench.results.figure_worker import CurveFigure
 
     figure = CurveFigure()  # its helper process imports matplotlib while this one imports torch
-    from cl_bench.run import objective, run_experiment  # torch and the rest only when a job runs (not for --help)
+    from cl_bench.engine.run import (  # torch and the rest only when a job runs (not for --help)
+        objective,
+        run_experiment,
+    )
 
     summary = run_experiment(cfg, own_dir, figure, override_keys())
     folder = Path(cfg.resume).expanduser() if cfg.get("resume") else own_dir

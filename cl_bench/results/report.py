@@ -1,15 +1,15 @@
 """The results table of a set of runs (the two-cities post's shape) as Markdown and CSV, and the comparison figure.
 
-`cl-bench-report DIR...` reads every run folder under the given run or multirun folders; the
-`ReportCallback` does the same at the end of a multirun. A row is one experiment: runs share it only
-when their configs (cl_bench.experiment_keys) agree on everything but the seed and the weights being
+`cl-bench-report DIR...` (cl_bench.cli.report) reads every run folder under the given run or
+multirun folders; `write_sweep_report` does the same at the end of a multirun. A row is one experiment: runs share it only
+when their configs (cl_bench.results.experiment_keys) agree on everything but the seed and the weights being
 selected over (the method's `selectable` and `--select` keys). Within a row the weights with the best
 mean validation metric over seeds are chosen, and that choice's test metric is reported.
 
 A run's config is the one it started with, `<run>/.cl_bench/config.yaml` (with `hydra.yaml` and
 `overrides.yaml` beside it); run folders of earlier versions have only Hydra's `.hydra/`, which Hydra
 rewrites at every start in the folder, so it is read only where `.cl_bench/` has no config. A saved
-config is data: it is checked (cl_bench.config_safety) before any class it names is imported, and a
+config is data: it is checked (cl_bench.engine.config_safety) before any class it names is imported, and a
 run whose config names a target that is not allowed is left out. Whatever cannot be read is named in
 a one-line warning: a missing, truncated or invalid config leaves its run out; an unreadable
 `summary.json` counts the job as "unreadable" in its row.
@@ -25,7 +25,6 @@ Technique, folder, status, seed, overrides, error) and `comparison.png`.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -39,18 +38,18 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cl_bench import __version__
-from cl_bench.config_safety import UnsafeTarget, check_targets, targets_of
-from cl_bench.experiment_keys import experiment_identity, flatten
-from cl_bench.figures import plot_comparison
-from cl_bench.metrics import task_letters
-from cl_bench.metrics_log import METRICS_FILE, read_metrics
-from cl_bench.run_folder import CONFIG_FILE, STATE_DIR, is_running, saved_config_path, state_dir
-from cl_bench.summary import SUMMARY_FILE
+from cl_bench.engine.config_safety import UnsafeTarget, check_targets, targets_of
+from cl_bench.engine.run_folder import CONFIG_FILE, STATE_DIR, is_running, saved_config_path, state_dir
+from cl_bench.errors import one_line
+from cl_bench.results.experiment_keys import experiment_identity, flatten
+from cl_bench.results.figures import plot_comparison
+from cl_bench.results.metrics import task_letters
+from cl_bench.results.metrics_log import METRICS_FILE, read_metrics
+from cl_bench.results.summary import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +110,6 @@ class Run:
     overrides: str | None
 
 
-def _one_line(error: BaseException) -> str:
-    """An error's message on one line (YAML errors span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def find_run_dirs(roots: list[Path]) -> list[Path]:
     """Folders under `roots` that hold a run: a summary, metrics, or a saved config."""
     found = set()
@@ -160,8 +154,8 @@ def read_summary(path: Path) -> dict | None:
         if status not in STATUSES:
             raise ValueError(f"not a cl_bench job summary (status {status!r})")
     except READ_ERRORS as error:
-        log.warning("%s cannot be read (%s): its job is counted as unreadable", path, _one_line(error))
-        return {"status": "unreadable", "error": f"{path.name}: {_one_line(error)}"}
+        log.warning("%s cannot be read (%s): its job is counted as unreadable", path, one_line(error))
+        return {"status": "unreadable", "error": f"{path.name}: {one_line(error)}"}
     return summary
 
 
@@ -175,7 +169,7 @@ def _choices(path: Path) -> dict[str, Any]:
         choices = OmegaConf.select(hydra, "hydra.runtime.choices") if isinstance(hydra, DictConfig) else None
     except READ_ERRORS as error:
         log.warning("%s cannot be read (%s): its run's row is labelled without its config group choices",
-                    path, _one_line(error))
+                    path, one_line(error))
         return {}
     return OmegaConf.to_container(choices, resolve=False) if isinstance(choices, DictConfig) else {}
 
@@ -188,7 +182,7 @@ def _overrides(path: Path) -> str | None:
     try:
         overrides = OmegaConf.load(path)
     except READ_ERRORS as error:
-        log.warning("%s cannot be read (%s): its job's overrides are shown as unknown", path, _one_line(error))
+        log.warning("%s cannot be read (%s): its job's overrides are shown as unknown", path, one_line(error))
         return None
     return " ".join(map(str, overrides)) if isinstance(overrides, ListConfig) else None
 
@@ -211,10 +205,10 @@ def read_run(run_dir: Path, config_dirs: list[Path] | None = None, trusted: froz
         config = read_config(config_path)
         check_targets(config, source=str(config_path), config_dirs=config_dirs, trusted=trusted)
     except UnsafeTarget as error:
-        log.warning("left out of the report: %s: %s", run_dir, _one_line(error))
+        log.warning("left out of the report: %s: %s", run_dir, one_line(error))
         return None
     except READ_ERRORS as error:
-        log.warning("left out of the report: %s cannot be read: %s", config_path, _one_line(error))
+        log.warning("left out of the report: %s cannot be read: %s", config_path, one_line(error))
         return None
     summary = read_summary(run_dir / SUMMARY_FILE)
     if summary is None and is_running(run_dir) is False:
@@ -256,7 +250,7 @@ def method_selectable(target: str) -> tuple[str, ...]:
         return tuple(f"method.{key}" for key in getattr(importlib.import_module(module), name).selectable)
     except Exception as error:  # noqa: BLE001 (a target of an earlier version, or broken code: nothing to select)
         log.warning("%s cannot be imported (%s: %s): its runs select over no method weights", target,
-                    type(error).__name__, _one_line(error))
+                    type(error).__name__, one_line(error))
         return ()
 
 
@@ -585,7 +579,7 @@ def run_records(runs: list[Run], settings: Settings) -> list[dict[str, Any]]:
             records.append(run_record(run, settings))
         except (*READ_ERRORS, AttributeError, LookupError, TypeError) as error:
             log.warning("left out of the report: %s: its config or summary cannot be read (%s: %s)",
-                        run.folder, type(error).__name__, _one_line(error))
+                        run.folder, type(error).__name__, one_line(error))
     return records
 
 
@@ -628,25 +622,23 @@ def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, sp
     return text
 
 
-class ReportCallback(Callback):
-    """At the end of a multirun, writes and prints the table of its jobs (with the sweep config's
-    `report:` settings; and logs it to W&B with `logger=wandb`)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            text = write_report(
-                [sweep_dir], sweep_dir,
-                metric=OmegaConf.select(config, "report.metric", default=None),
-                spread=OmegaConf.select(config, "report.spread", default=None),
-                select=tuple(OmegaConf.select(config, "report.select", default=None) or ()),
-                trusted=targets_of({**OmegaConf.to_container(config, resolve=False), "hydra": None}),
-            )
-        except (FileNotFoundError, ValueError) as error:
-            log.warning("no report: %s", error)
-            return
-        print(f"\nResults table ({sweep_dir}/report.md):\n\n{text}")
-        publish_to_wandb(config, sweep_dir)
+def write_sweep_report(config: DictConfig) -> None:
+    """At the end of a multirun: write and print the table of its jobs (with the sweep config's
+    `report:` settings; and log it to W&B with `logger=wandb`)."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    try:
+        text = write_report(
+            [sweep_dir], sweep_dir,
+            metric=OmegaConf.select(config, "report.metric", default=None),
+            spread=OmegaConf.select(config, "report.spread", default=None),
+            select=tuple(OmegaConf.select(config, "report.select", default=None) or ()),
+            trusted=targets_of({**OmegaConf.to_container(config, resolve=False), "hydra": None}),
+        )
+    except (FileNotFoundError, ValueError) as error:
+        log.warning("no report: %s", error)
+        return
+    print(f"\nResults table ({sweep_dir}/report.md):\n\n{text}")
+    publish_to_wandb(config, sweep_dir)
 
 
 def publish_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
@@ -657,30 +649,3 @@ def publish_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
     from cl_bench.loggers.wandb_report import publish_report
 
     publish_report(config, sweep_dir)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cl-bench-report", description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun folders")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first folder)")
-    parser.add_argument("--metric", choices=sorted(METRICS), default=None,
-                        help="score: peak-average Score | final_accuracy: mean accuracy after the last task "
-                             "(default: the runs' report.metric)")
-    parser.add_argument("--spread", choices=sorted(SPREADS), default=None,
-                        help="the ± of the table: sample std or SEM (default: the runs' report.spread)")
-    parser.add_argument("--select", nargs="+", action="extend", default=[], metavar="KEY",
-                        help="more dotted config keys to select the best value of by validation (e.g. lr)")
-    parser.add_argument("--config-dir", type=Path, action="append", default=[], metavar="DIR",
-                        help="a config folder of your own (as given to cl-bench): the targets its configs name "
-                             "are allowed in the runs' saved configs")
-    args = parser.parse_args(argv)
-    try:
-        text = write_report(args.dirs, args.out or args.dirs[0], args.metric, args.spread, tuple(args.select),
-                            args.config_dir)
-    except (OSError, ValueError) as error:
-        parser.exit(2, f"cl-bench-report: error: {_one_line(error)}\n")
-    print(text)
-
-
-if __name__ == "__main__":
-    main()

@@ -48,7 +48,7 @@ class SweepCallback(Callback):
     `logger=wandb`), then the command exits non-zero if the sweep did not complete."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from cl_bench.sweep_check import refused_jobs
+        from cl_bench.cli.sweep_check import refused_jobs
 
         refused = refused_jobs(config)
         if refused:
@@ -59,9 +59,9 @@ class SweepCallback(Callback):
             )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from cl_bench.report import ReportCallback as Report
+        from cl_bench.results.report import write_sweep_report
 
-        Report().on_multirun_end(config, **kwargs)
+        write_sweep_report(config)
         message = exit_message(config, job_statuses(Path(str(config.hydra.sweep.dir))))
         if message:
             sys.exit(message)

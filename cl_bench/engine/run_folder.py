@@ -13,8 +13,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.checkpoint import write_text
-from cl_bench.experiment_keys import differing_keys, experiment_identity
+from cl_bench.engine.checkpoint import write_text
+from cl_bench.results.experiment_keys import differing_keys, experiment_identity
 
 STATE_DIR = ".cl_bench"  # <run folder>/.cl_bench/: the run's own config, Hydra's files, lock, W&B run id
 CONFIG_FILE = "config.yaml"

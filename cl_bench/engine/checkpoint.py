@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Callable, NoReturn
 
 import torch
 
-from cl_bench.trainer import STATE_FORMAT, IncompatibleState
+from cl_bench.engine.trainer import STATE_FORMAT, IncompatibleState
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cl_bench.metrics import task_letters
+from cl_bench.results.metrics import task_letters
 
 if TYPE_CHECKING:
     import pandas as pd

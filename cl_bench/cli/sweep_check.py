@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cl_bench.run_folder import STATE_DIR, load_saved_config, mismatch, summarised
+from cl_bench.engine.run_folder import STATE_DIR, load_saved_config, mismatch, summarised
 
 GRID_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 

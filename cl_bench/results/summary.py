@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from cl_bench.data.task import Task
-from cl_bench.evaluation import ROW_PREFIX
-from cl_bench.metrics import average_final_accuracy, backward_transfer, forgetting, peak_score, task_letters
-from cl_bench.trainer import SequenceResult
+from cl_bench.engine.evaluation import ROW_PREFIX
+from cl_bench.engine.trainer import SequenceResult
+from cl_bench.results.metrics import average_final_accuracy, backward_transfer, forgetting, peak_score, task_letters
 
 SUMMARY_FILE = "summary.json"
 

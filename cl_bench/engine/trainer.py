@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from cl_bench.data.task import Task
-from cl_bench.evaluation import ROW_PREFIX, accuracies
+from cl_bench.engine.device import forward_autocast
+from cl_bench.engine.evaluation import ROW_PREFIX, accuracies
+from cl_bench.engine.optim import build_optimizer, carried_optimizer
+from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
 from cl_bench.models.head import grow_head, reset_parameters
-from cl_bench.optim import build_optimizer, carried_optimizer
-from cl_bench.precision import forward_autocast
-from cl_bench.scenario import Scenario
 
 
 class NonFiniteLoss(RuntimeError):

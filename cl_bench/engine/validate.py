@@ -14,10 +14,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cl_bench.data.sequences import ORDERS
 from cl_bench.data.task import Task
-from cl_bench.evaluation import ACCURACIES, TASK_AWARE
-from cl_bench.optim import OPTIMIZER_STATES
-from cl_bench.precision import PRECISIONS
-from cl_bench.scenario import SCENARIOS
+from cl_bench.engine.device import PRECISIONS
+from cl_bench.engine.evaluation import ACCURACIES, TASK_AWARE
+from cl_bench.engine.optim import OPTIMIZER_STATES
+from cl_bench.engine.scenario import SCENARIOS
+from cl_bench.errors import ConfigError
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Rules of the optimiser node's numeric keys (torch.optim's names), checked when present.
@@ -30,9 +31,6 @@ OPTIMIZER_NUMBERS: dict[str, tuple[str, Callable[[float], bool]]] = {
 }
 OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "maximize")
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and what is allowed."""
 
 
 def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:

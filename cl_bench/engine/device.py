@@ -1,4 +1,5 @@
-"""Numeric precision of the forward passes (`precision=`) and the device-dependent model options."""
+"""Where and how the numbers are computed: the device (`device=`), the precision of the forward passes
+(`precision=`) and the device-dependent model options."""
 
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ def forward_autocast(precision: str, device: torch.device) -> torch.autocast | c
 def device_model_options(model: DictConfig, device: torch.device) -> dict:
     """Model options given as `auto`, resolved for `device`: `channels_last` on CUDA only."""
     return {"channels_last": device.type == "cuda"} if model.get("channels_last") == "auto" else {}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name}: no CUDA device is available here; use device=auto or device=cpu")
+    return device
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads)"

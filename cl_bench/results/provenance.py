@@ -1,4 +1,4 @@
-"""Where a result came from: git commit and dirty flag, package versions, device."""
+"""Where a result came from: git commit and dirty flag, package versions."""
 
 from __future__ import annotations
 
@@ -7,19 +7,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 PACKAGES = ("cl_bench", "torch", "torchvision", "hydra-core", "omegaconf", "numpy", "wandb")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name}: no CUDA device is available here; use device=auto or device=cpu")
-    return device
 
 
 def git_state() -> dict:
@@ -46,9 +34,3 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu ({torch.get_num_threads()} threads)"

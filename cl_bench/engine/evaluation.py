@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cl_bench.data.task import Task
-from cl_bench.scenario import Scenario
+from cl_bench.engine.scenario import Scenario
 
 SCENARIO, TASK_AWARE = "scenario", "task_aware"
 ACCURACIES = (SCENARIO, TASK_AWARE)
