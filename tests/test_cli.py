@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-from tests.conftest import FAST
-
-
-def cl_bench(tmp_path: Path, *args: str, multirun: bool = False) -> subprocess.CompletedProcess:
-    flags = ["--multirun"] if multirun else []
-    overrides = [a for a in FAST if a.split("=")[0] not in {b.split("=")[0] for b in args}]
-    command = [sys.executable, "-m", "cl_bench.cli.app", *flags, f"output_root={tmp_path / 'out'}", *overrides, *args]
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+from tests.helpers.cli import cl_bench
 
 
 def test_multirun_ends_with_the_score_table(tmp_path):

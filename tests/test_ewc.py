@@ -10,51 +10,34 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cl_bench import CONFIG_DIR
-from cl_bench.data.task import Task, TensorSplit
 from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, TrainContext
 from cl_bench.methods.build import build_method
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.fisher import diagonal_fisher_loop
 from cl_bench.methods.l2 import L2
-from cl_bench.models.head import grow_head
-from cl_bench.models.mlp import MLP
+from tests.helpers.harness import nudge, random_tasks, seeded_mlp, start_task, train_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_tasks(n_tasks: int, n_classes: int, dtype: torch.dtype, n: int = 12, dim: int = 3) -> list[Task]:
-    g = torch.Generator().manual_seed(0)
-    tasks = []
-    for t in range(n_tasks):
-        split = TensorSplit(
-            torch.randn(n, dim, generator=g, dtype=dtype), torch.randint(0, n_classes, (n,), generator=g)
-        )
-        tasks.append(Task(f"t{t}", split, split, split, [str(c) for c in range(n_classes)], (dim,)))
-    return tasks
 
 
 class Sequence:
     """A model trained on nothing: each 'task' ends with a random step away from the last θ*."""
 
     def __init__(self, scenario: str, n_tasks: int = 3, n_classes: int = 2, dtype=torch.float64):
-        torch.manual_seed(0)
-        self.tasks = make_tasks(n_tasks, n_classes, dtype)
+        self.tasks = random_tasks(n_tasks, (3,), n_classes, n=12, seed=0, dtype=dtype)
         self.scenario = Scenario(scenario, [n_classes] * n_tasks)
-        self.model = MLP((3,), self.scenario.n_outputs(0), [4]).to(dtype)
+        self.model = seeded_mlp((3,), self.scenario.n_outputs(0), [4], dtype=dtype)
         self.generator = torch.Generator().manual_seed(1)
 
     def ctx(self, task_idx: int) -> TrainContext:
-        return TrainContext(self.model, self.tasks, self.scenario, task_idx, torch.device("cpu"), self.generator, 4)
+        return train_context(self.model, self.tasks, self.scenario, task_idx, self.generator, batch_size=4)
 
     def start(self, task_idx: int) -> TrainContext:
-        grow_head(self.model, self.scenario.n_outputs(task_idx))
-        return self.ctx(task_idx)
+        return start_task(self.model, self.tasks, self.scenario, task_idx, generator=self.generator, batch_size=4)
 
     def nudge(self, scale: float = 0.1) -> None:
-        with torch.no_grad():
-            for p in self.model.parameters():
-                p.add_(scale * torch.randn_like(p))
+        nudge(self.model, scale)
 
     def run(self, methods: list[EWC], n_tasks: int) -> TrainContext:
         """Tasks 0..n_tasks-1 end (each method's after_task), then task n_tasks starts."""
@@ -83,7 +66,7 @@ def test_penalty_is_lambda_times_fisher_weighted_squared_distance():
     ctx = seq.start(0)
     anchor = {name: p.detach().clone() for name, p in seq.model.named_parameters()}
     ewc.after_task(ctx)
-    fisher = diagonal_fisher_loop(seq.model, seq.tasks[0].train, torch.arange(12), 0, seq.scenario, "true", 5)
+    fisher = diagonal_fisher_loop(seq.model, seq.tasks[0].train, torch.arange(12), 0, seq.scenario, "empirical", 5)
     seq.nudge()
     params = dict(seq.model.named_parameters())
     expected = 3.0 * sum((fisher[n] * (params[n] - anchor[n]) ** 2).sum() for n in params)
@@ -134,7 +117,7 @@ def test_online_is_schwarz_et_al_running_fisher_at_the_latest_anchor():
     for t in range(3):
         ctx = seq.start(t)
         seq.nudge()
-        fishers.append(diagonal_fisher_loop(seq.model, seq.tasks[t].train, torch.arange(12), t, seq.scenario, "true", 5))
+        fishers.append(diagonal_fisher_loop(seq.model, seq.tasks[t].train, torch.arange(12), t, seq.scenario, "empirical", 5))
         anchor = {name: p.detach().clone() for name, p in seq.model.named_parameters()}
         online.after_task(ctx)
     ctx = seq.start(3)
@@ -265,7 +248,7 @@ def test_l2_norm_form_is_the_tutorials_unsquared_norm_per_tensor():
         ({"lambda_": float("nan")}, "method.lambda=nan: must be a finite number ≥ 0"),
         ({"gamma": 1.5}, "method.gamma=1.5"),
         ({"fisher_samples": 0}, "method.fisher_samples=0"),
-        ({"fisher_label": "empirical"}, "method.fisher_label='empirical'"),
+        ({"fisher_label": "true"}, "method.fisher_label='true': now called empirical"),
         ({"scope": "first"}, "method.scope='first'"),
         ({"mode": "online", "scope": "last"}, "method.mode=online"),
         ({"mode": "sum", "scope": "last"}, "method.mode=sum"),
@@ -281,4 +264,4 @@ def test_presets_build_with_their_defaults(name, cls):
     node = OmegaConf.load(CONFIG_DIR / "method" / f"{name}.yaml")
     method = build_method(node)
     assert type(method) is cls and method.lambda_ == float(node["lambda"])
-    assert name != "ewc" or method.fisher_label == "true"
+    assert name != "ewc" or method.fisher_label == "empirical"

@@ -14,13 +14,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
 from cl_bench import CONFIG_DIR
-from cl_bench.data.sources import MNIST_FILES
+from cl_bench.data.sources import missing_mnist_files
 from cl_bench.results.report import read_report_csv
-from tests.test_cli import cl_bench
+from tests.helpers.cli import cl_bench
+from tests.helpers.config import compose_config
 
 EXPERIMENTS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
 RUN_ELSEWHERE = {"two_cities"}  # image folders: tests/test_two_cities.py runs it
@@ -39,14 +37,9 @@ SMALLER = {  # the CNN evaluated on every task's 6,000 validation images is CPU-
 RANDOM_ORDERS = {"van_de_ven_split_mnist": ["task_order=random"]}
 
 
-def experiment_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", list(overrides), return_hydra_config=True)
-
-
 def sweep_grid(experiment: str) -> dict[str, list[str]]:
     """The experiment's `hydra.sweeper.params`, each value list split."""
-    params = experiment_config(f"experiment={experiment}").hydra.sweeper.params
+    params = compose_config(f"experiment={experiment}", hydra=True).hydra.sweeper.params
     return {key: value.split(",") for key, value in params.items()}
 
 
@@ -54,7 +47,7 @@ def sweep_grid(experiment: str) -> dict[str, list[str]]:
 def mnist_data() -> Path:
     """The real MNIST's data_dir (MNIST/raw/ with the four IDX files)."""
     raw = REAL_MNIST / "MNIST" / "raw"
-    if not all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in MNIST_FILES):
+    if missing_mnist_files(raw):
         message = f"the real MNIST is not in {raw} (set CL_BENCH_MNIST_DIR to the folder holding MNIST/raw/)"
         if os.environ.get("CI"):
             pytest.fail(message)
@@ -68,7 +61,7 @@ def test_every_value_of_the_sweep_grid_composes(experiment):
     assert grid, f"conf/experiment/{experiment}.yaml has no hydra.sweeper.params"
     for key, values in grid.items():
         for value in values:
-            cfg = experiment_config(f"experiment={experiment}", f"{key}={value}")
+            cfg = compose_config(f"experiment={experiment}", f"{key}={value}", hydra=True)
             chosen = cfg.hydra.runtime.choices.get(key, str(cfg.get(key)))  # a config group's choice, or a value
             assert chosen == value, (key, value)
 

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.data.task import TensorSplit
+from cl_bench.engine import per_sample_grads
 from cl_bench.engine.scenario import Scenario
 from cl_bench.methods import fisher
 from cl_bench.methods.fisher import LABELS, diagonal_fisher, diagonal_fisher_loop
 from cl_bench.models.mlp import MLP
 from cl_bench.models.resnet import resnet18
+from tests.helpers.harness import random_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,13 +66,6 @@ def randomise_batchnorm(model: nn.Module) -> None:
                 module.bias.uniform_(-0.2, 0.2)
 
 
-def split_of(n: int, shape: tuple[int, ...], n_classes: int, seed: int = 0) -> TensorSplit:
-    g = torch.Generator().manual_seed(seed)
-    return TensorSplit(
-        torch.randn(n, *shape, generator=g, dtype=torch.float64), torch.randint(0, n_classes, (n,), generator=g)
-    )
-
-
 def relative_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).norm() / b[k].norm().clamp(min=1e-300)) for k in a)
@@ -95,7 +89,7 @@ def both(model, split, task_id, scenario, label, batch_size=5):
 def test_fast_equals_loop_on_mlp_with_task_masking(label):
     torch.manual_seed(0)
     model = MLP((1, 4, 4), 6, [12, 8]).double()
-    fast, loop = both(model, split_of(11, (1, 4, 4), 3), 1, Scenario("task", [3, 3]), label)
+    fast, loop = both(model, random_split(11, (1, 4, 4), 3), 1, Scenario("task", [3, 3]), label)
     assert relative_error(fast, loop) < 1e-8
 
 
@@ -104,20 +98,20 @@ def test_fast_equals_loop_on_resnet18_with_batchnorm(label):
     torch.manual_seed(0)
     model = resnet18((3, 16, 16), 5).double()
     randomise_batchnorm(model)
-    fast, loop = both(model, split_of(6, (3, 16, 16), 5), 0, Scenario("class", [5]), label, batch_size=4)
+    fast, loop = both(model, random_split(6, (3, 16, 16), 5), 0, Scenario("class", [5]), label, batch_size=4)
     assert relative_error(fast, loop) < 1e-8
 
 
 @pytest.mark.parametrize("pair_max, chunk", [(0, 1), (0, 700), (0, 1 << 21), (1000, 1)])
-@pytest.mark.parametrize("label", ["true", "expected"])
+@pytest.mark.parametrize("label", ["empirical", "expected"])
 def test_fast_equals_loop_on_grouped_dilated_convs(monkeypatch, pair_max, chunk, label):
     """Per-sample products in chunks of every size, and pairwise products for every layer."""
-    monkeypatch.setattr(fisher, "PAIR_MAX_POSITIONS", pair_max)
-    monkeypatch.setattr(fisher, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(per_sample_grads, "PAIR_MAX_POSITIONS", pair_max)
+    monkeypatch.setattr(per_sample_grads, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     model = OddConvNet(4).double()
     randomise_batchnorm(model)
-    fast, loop = both(model, split_of(9, (3, 7, 7), 4), 0, Scenario("domain", [4]), label)
+    fast, loop = both(model, random_split(9, (3, 7, 7), 4), 0, Scenario("domain", [4]), label)
     assert relative_error(fast, loop) < 1e-8
 
 
@@ -125,9 +119,9 @@ def test_loop_matches_closed_form_of_a_softmax_regression_under_task_masking():
     """For logits = Wx + b the per-sample gradient of log p_y is (e_y − p)xᵀ, p over the task's units."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(5, 4)).double()
-    split = split_of(7, (5,), 2)
+    split = random_split(7, (5,), 2)
     scenario = Scenario("task", [2, 2])
-    result = diagonal_fisher_loop(model, split, torch.arange(7), 1, scenario, "true", 3)
+    result = diagonal_fisher_loop(model, split, torch.arange(7), 1, scenario, "empirical", 3)
     logits = model(split.x).detach()[:, 2:]
     residual = F.one_hot(split.y, 2).double() - logits.softmax(1)
     residual = torch.cat([torch.zeros_like(residual), residual], 1)
@@ -138,7 +132,7 @@ def test_loop_matches_closed_form_of_a_softmax_regression_under_task_masking():
 def test_expected_is_the_probability_weighted_sum_over_labels():
     torch.manual_seed(0)
     model = MLP((3,), 4, [5]).double()
-    split = split_of(6, (3,), 4)
+    split = random_split(6, (3,), 4)
     scenario = Scenario("class", [4])
     params = dict(model.named_parameters())
     by_hand = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -155,7 +149,7 @@ def test_expected_is_the_probability_weighted_sum_over_labels():
 def test_sample_is_reproducible_from_the_generator_and_draws_labels():
     torch.manual_seed(0)
     model = MLP((3,), 4, [5]).double()
-    split, scenario, index = split_of(40, (3,), 4), Scenario("class", [4]), torch.arange(40)
+    split, scenario, index = random_split(40, (3,), 4), Scenario("class", [4]), torch.arange(40)
 
     def run(seed):
         return diagonal_fisher(model, split, index, 0, scenario, "sample", 16, torch.Generator().manual_seed(seed))
@@ -177,11 +171,11 @@ def test_model_mode_is_restored_and_no_grad_is_left():
     model = OddConvNet(3).double()
     model.train()
     model.norm.eval()
-    diagonal_fisher(model, split_of(4, (3, 6, 6), 3), torch.arange(4), 0, Scenario("domain", [3]), "true", 2)
+    diagonal_fisher(model, random_split(4, (3, 6, 6), 3), torch.arange(4), 0, Scenario("domain", [3]), "empirical", 2)
     assert model.training and model.features[1].training and not model.norm.training
     assert all(p.grad is None for p in model.parameters())
     before = model.norm.running_mean.clone()
-    diagonal_fisher_loop(model, split_of(4, (3, 6, 6), 3), torch.arange(4), 0, Scenario("domain", [3]), "true", 2)
+    diagonal_fisher_loop(model, random_split(4, (3, 6, 6), 3), torch.arange(4), 0, Scenario("domain", [3]), "empirical", 2)
     assert torch.equal(model.norm.running_mean, before)
 
 
@@ -190,10 +184,10 @@ def test_models_the_hooks_cannot_handle_fall_back_to_the_loop(layer_norm):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 3)) if layer_norm else ReusedWeight()
     model, reason = model.double(), "does not cover" if layer_norm else "check"
-    split, scenario, index = split_of(5, (4,), 3), Scenario("class", [3]), torch.arange(5)
+    split, scenario, index = random_split(5, (4,), 3), Scenario("class", [3]), torch.arange(5)
     with pytest.warns(UserWarning, match=reason):
-        fast = diagonal_fisher(model, split, index, 0, scenario, "true", 2)
-    assert relative_error(fast, diagonal_fisher_loop(model, split, index, 0, scenario, "true", 2)) < 1e-12
+        fast = diagonal_fisher(model, split, index, 0, scenario, "empirical", 2)
+    assert relative_error(fast, diagonal_fisher_loop(model, split, index, 0, scenario, "empirical", 2)) < 1e-12
 
 
 def test_shared_parameters_and_batch_statistics_are_detected():
@@ -209,5 +203,5 @@ def test_shared_parameters_and_batch_statistics_are_detected():
 def test_frozen_parameters_are_left_out():
     model = MLP((3,), 4, [5]).double()
     model.features[1].weight.requires_grad_(False)
-    result = diagonal_fisher(model, split_of(4, (3,), 4), torch.arange(4), 0, Scenario("class", [4]), "true", 2)
+    result = diagonal_fisher(model, random_split(4, (3,), 4), torch.arange(4), 0, Scenario("class", [4]), "empirical", 2)
     assert sorted(result) == ["features.1.bias", "head.bias", "head.weight"]

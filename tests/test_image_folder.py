@@ -6,32 +6,15 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
 
 from cl_bench.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, image_folder_tasks
+from tests.helpers.data import make_tree, picture
 
 VMMR = {"class_pattern": r"(?P<make>[^_]+)_(?P<model>.+)_(?P<year>\d{4})", "class_group": "{make}_{model}"}
-
-
-def picture(seed: int, size: tuple[int, int] = (24, 20)) -> Image.Image:
-    """A random RGB picture (width, height), different for every seed."""
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def make_tree(root: Path, counts: dict[str, int], suffix: str = ".png") -> Path:
-    """root/<folder>/<i>.png with counts[folder] pictures in each folder."""
-    seed = 0
-    for folder, n in counts.items():
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            picture(seed).save(root / folder / f"{i:03d}{suffix}")
-            seed += 1
-    return root
 
 
 def pixels(x: torch.Tensor) -> torch.Tensor:

@@ -16,14 +16,14 @@ from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.joint import Joint
 from cl_bench.methods.replay import Replay, herding
 from cl_bench.models.mlp import MLP
-from tests.conftest import FAST
+from tests.helpers.config import TINY
+from tests.helpers.harness import batch_of, one_split_task, seeded_mlp, train_context
 
 SHAPE = (2, 3)
 
 
 def make_task(name: str, x: torch.Tensor, y: torch.Tensor, permutation: torch.Tensor | None = None) -> Task:
-    split = TensorSplit(x, y, permutation)
-    return Task(name, split, split, split, [str(c) for c in range(int(y.max()) + 1)], tuple(x.shape[1:]))
+    return one_split_task(name, TensorSplit(x, y, permutation), int(y.max()) + 1)
 
 
 def permuted_tasks(sizes: list[int], n_classes: int = 2) -> list[Task]:
@@ -38,13 +38,11 @@ def permuted_tasks(sizes: list[int], n_classes: int = 2) -> list[Task]:
 
 
 def context(model: torch.nn.Module, tasks: list[Task], task_idx: int, scenario: str = "class") -> TrainContext:
-    sc = Scenario(scenario, [t.n_classes for t in tasks])
-    return TrainContext(model, tasks, sc, task_idx, torch.device("cpu"), torch.Generator().manual_seed(0), 8)
+    return train_context(model, tasks, Scenario(scenario, [t.n_classes for t in tasks]), task_idx)
 
 
 def mlp(tasks: list[Task], hidden: list[int] | None = None) -> MLP:
-    torch.manual_seed(0)
-    return MLP(tasks[0].input_shape, sum(t.n_classes for t in tasks), [5] if hidden is None else hidden)
+    return seeded_mlp(tasks[0].input_shape, sum(t.n_classes for t in tasks), [5] if hidden is None else hidden)
 
 
 def test_joint_on_the_first_task_gives_the_baseline_data():
@@ -126,10 +124,10 @@ def test_random_selection_follows_the_method_generator():
 
 def test_memory_smaller_than_the_classes_is_an_error():
     tasks = permuted_tasks([20, 20])
-    Replay(memory_size=4).before_task(context(mlp(tasks), tasks, 0))
+    Replay(memory_size=4).check(tasks)
     with pytest.raises(ValueError, match="memory_size=3"):
-        Replay(memory_size=3).before_task(context(mlp(tasks), tasks, 0))
-    small = Replay(memory_size=3)  # a cached first task skips before_task: after_task still refuses
+        Replay(memory_size=3).check(tasks)
+    small = Replay(memory_size=3)  # not checked first: after_task still refuses
     small.after_task(context(mlp(tasks), tasks, 0))
     with pytest.raises(ValueError, match="memory_size=3"):
         small.after_task(context(mlp(tasks), tasks, 1))
@@ -166,9 +164,7 @@ def filled_replay(replay_batch_size: int | None = None) -> tuple[Replay, list[Ta
 
 
 def current_batch(tasks: list[Task]) -> Batch:
-    index = torch.tensor([3, 1, 4, 15, 9, 2, 6, 5])
-    x, y = tasks[2].train.gather(index)
-    return Batch(x, y, torch.full_like(y, 2), index)
+    return batch_of(tasks[2], 2, [3, 1, 4, 15, 9, 2, 6, 5])
 
 
 def test_extend_batch_appends_distinct_exemplars_with_index_minus_one():
@@ -246,7 +242,7 @@ def test_joint_restart_trains_a_fresh_model_on_the_union(make_config, tmp_path):
     for restart in ("true", "false"):
         run_dir = tmp_path / restart
         run_dir.mkdir()
-        cfg = make_config(*FAST, "method=joint", f"method.restart={restart}", "first_task.cache=false")
+        cfg = make_config(TINY, "method=joint", f"method.restart={restart}", "first_task.cache=false")
         summaries[restart] = run_experiment(cfg, run_dir), run_dir
     rows = {key: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
             for key, (_, d) in summaries.items()}

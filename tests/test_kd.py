@@ -7,54 +7,28 @@ import io
 import pytest
 import torch
 
-from cl_bench.data.task import Task, TensorSplit
+from cl_bench.data.task import Task
 from cl_bench.engine.scenario import Scenario
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.base import Batch, Method
 from cl_bench.methods.kd import KD
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
+from tests.helpers.harness import batch_of, nudge, random_tasks, seeded_mlp, start_task, train_context
 
 SHAPE = (6,)
 
 
 def make_tasks(n_tasks: int, n_classes: int = 3, n: int = 24) -> list[Task]:
-    generator = torch.Generator().manual_seed(1)
-    tasks = []
-    for t in range(n_tasks):
-        split = TensorSplit(torch.randn(n, *SHAPE, generator=generator), torch.arange(n) % n_classes)
-        tasks.append(Task(f"t{t}", split, split, split, [str(c) for c in range(n_classes)], SHAPE))
-    return tasks
+    return random_tasks(n_tasks, SHAPE, n_classes, n, seed=1, dtype=torch.float32, labels="cyclic")
 
 
 def make_model(scenario: Scenario, seed: int = 0, dropout: float = 0.0) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(SHAPE, scenario.n_outputs(0), [7], dropout)
-
-
-def context(model: MLP, tasks: list[Task], scenario: Scenario, task_idx: int) -> TrainContext:
-    return TrainContext(model, tasks, scenario, task_idx, torch.device("cpu"), torch.Generator().manual_seed(0), 8)
-
-
-def start(method: Method, model: MLP, tasks: list[Task], scenario: Scenario, task_idx: int) -> TrainContext:
-    """What the trainer does at a task's start: grow the head, then before_task."""
-    grow_head(model, scenario.n_outputs(task_idx))
-    ctx = context(model, tasks, scenario, task_idx)
-    method.before_task(ctx)
-    return ctx
+    return seeded_mlp(SHAPE, scenario.n_outputs(0), [7], seed, dropout)
 
 
 def perturb(model: MLP, seed: int = 5) -> None:
     """Move the student away from the teacher, as training does."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.5 * torch.randn(parameter.shape, generator=generator))
-
-
-def batch_of(task: Task, task_idx: int, index: list[int]) -> Batch:
-    index_t = torch.tensor(index)
-    x, y = task.train.gather(index_t)
-    return Batch(x, y, torch.full_like(y, task_idx), index_t)
+    nudge(model, 0.5, seed)
 
 
 def hand_kd(student: torch.Tensor, teacher: torch.Tensor, groups: list[tuple[int, int]], T: float) -> torch.Tensor:
@@ -78,10 +52,10 @@ def test_class_il_loss_equals_hand_formula(T, t_squared):
     tasks = make_tasks(2)
     model = make_model(scenario)
     kd = KD(kappa=0.7, T=T, t_squared=t_squared)
-    kd.before_task(context(model, tasks, scenario, 0))
+    kd.before_task(train_context(model, tasks, scenario, 0))
     batch = batch_of(tasks[1], 1, [0, 3, 5, 7, 11])
     teacher = model(batch.x).detach()  # the model as task 0 ended: 3 units
-    ctx = start(kd, model, tasks, scenario, 1)
+    ctx = start_task(model, tasks, scenario, 1, kd)
     perturb(model)
     logits = model(batch.x)
     terms = kd.loss_terms(ctx, batch, logits)
@@ -97,7 +71,7 @@ def test_first_task_has_no_term():
     tasks = make_tasks(2)
     model = make_model(scenario)
     kd = KD()
-    ctx = start(kd, model, tasks, scenario, 0)
+    ctx = start_task(model, tasks, scenario, 0, kd)
     batch = batch_of(tasks[0], 0, [0, 1])
     assert kd.loss_terms(ctx, batch, model(batch.x)) == {}
     assert kd.teacher is None
@@ -108,7 +82,7 @@ def test_gradient_is_zero_when_student_equals_teacher():
     tasks = make_tasks(2)
     model = make_model(scenario)
     kd = KD(kappa=1.0, T=2.0)
-    ctx = start(kd, model, tasks, scenario, 1)
+    ctx = start_task(model, tasks, scenario, 1, kd)
     batch = batch_of(tasks[1], 1, [1, 2, 4, 8])
     student = model(batch.x).detach().requires_grad_()  # unchanged model: old units equal the teacher's
     kd.loss_terms(ctx, batch, student)["kd"].backward()
@@ -125,7 +99,7 @@ def test_recorded_teacher_equals_live_teacher():
     model = make_model(scenario)
     recorded, live, auto = KD(teacher="recorded"), KD(teacher="live"), KD(teacher="auto")
     grow_head(model, scenario.n_outputs(1))
-    ctx = context(model, tasks, scenario, 1)
+    ctx = train_context(model, tasks, scenario, 1)
     rng = torch.get_rng_state()
     for method in (recorded, live, auto):
         method.before_task(ctx)
@@ -151,7 +125,7 @@ def test_recorded_teacher_rejects_added_examples_and_live_skips_them():
     model = make_model(scenario)
     recorded, live = KD(teacher="recorded"), KD(teacher="live")
     for method in (recorded, live):
-        ctx = start(method, model, tasks, scenario, 1)
+        ctx = start_task(model, tasks, scenario, 1, method)
     perturb(model)
     own = batch_of(tasks[1], 1, [3, 4])
     added = batch_of(tasks[0], 0, [5, 6])
@@ -171,7 +145,7 @@ def train_steps(method: Method, dropout: float) -> list[torch.Tensor]:
     tasks = make_tasks(2)
     model = make_model(scenario, dropout=dropout)
     for task_idx in range(2):
-        ctx = start(method, model, tasks, scenario, task_idx)
+        ctx = start_task(model, tasks, scenario, task_idx, method)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         model.train()
         for step in range(4):
@@ -205,12 +179,12 @@ def test_old_tasks_are_distilled_by_scenario_groups(name, groups):
     model = make_model(scenario)
     kd = KD(kappa=1.0, T=2.0)
     for task_idx in range(2):
-        start(kd, model, tasks, scenario, task_idx)
+        start_task(model, tasks, scenario, task_idx, kd)
     perturb(model, seed=3)  # "training" task 1
     batch = batch_of(tasks[2], 2, [0, 1, 2, 3, 4, 5])
     teacher = model(batch.x).detach()  # the model as task 1 ended
     assert teacher.shape[1] == groups[-1][1]
-    ctx = start(kd, model, tasks, scenario, 2)
+    ctx = start_task(model, tasks, scenario, 2, kd)
     perturb(model, seed=4)
     logits = model(batch.x)
     loss = kd.loss_terms(ctx, batch, logits)["kd"]
@@ -225,7 +199,7 @@ def test_state_dict_round_trip_rebuilds_the_teacher(mode):
     tasks = make_tasks(2)
     model = make_model(scenario)
     kd = KD(kappa=0.5, teacher=mode)
-    ctx = start(kd, model, tasks, scenario, 1)
+    ctx = start_task(model, tasks, scenario, 1, kd)
     perturb(model)
     batch = batch_of(tasks[1], 1, [2, 7, 19])
     expected = kd.loss_terms(ctx, batch, model(batch.x))["kd"]
@@ -242,7 +216,7 @@ def test_state_dict_round_trip_rebuilds_the_teacher(mode):
     rebuilt_model.load_state_dict(model.state_dict())
     restored = KD(kappa=0.5, teacher=mode)
     restored.load_state_dict(state)
-    restored_ctx = context(rebuilt_model, tasks, scenario, 1)
+    restored_ctx = train_context(rebuilt_model, tasks, scenario, 1)
     assert torch.allclose(restored.loss_terms(restored_ctx, batch, rebuilt_model(batch.x))["kd"], expected)
     assert restored.state_dict().keys() == state.keys()
 
@@ -255,11 +229,11 @@ def test_van_de_ven_weighting_and_reduction_equal_their_formula(reduction, per_u
     tasks = make_tasks(3)
     model = make_model(scenario)
     lwf = KD(kappa=1.0, T=2.0, t_squared=True, weighting="tasks_seen", reduction=reduction)
-    start(lwf, model, tasks, scenario, 0)
-    start(lwf, model, tasks, scenario, 1)
+    start_task(model, tasks, scenario, 0, lwf)
+    start_task(model, tasks, scenario, 1, lwf)
     perturb(model, seed=3)
     batch = batch_of(tasks[2], 2, [0, 2, 4, 6, 8])
-    ctx = start(lwf, model, tasks, scenario, 2)
+    ctx = start_task(model, tasks, scenario, 2, lwf)
     teacher = model(batch.x).detach()[:, :6]  # the model as task 1 ended
     perturb(model)
     logits = model(batch.x)

@@ -9,11 +9,9 @@ import sqlite3
 import warnings
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from cl_bench import CONFIG_DIR
 from cl_bench.engine.run import FAILED_SCORE, objective
-from tests.test_cli import cl_bench
+from tests.helpers.cli import cl_bench
+from tests.helpers.config import compose_config
 
 
 def sweep_folder(tmp_path: Path) -> Path:
@@ -30,8 +28,7 @@ def statuses(sweep: Path) -> dict[float, str]:
 def test_slurm_preset_extends_the_plugin_config_with_our_defaults():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. Hydra's deprecated schema matching of same-named configs
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu", hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.account is None
     assert (launcher.timeout_min, launcher.gpus_per_node, launcher.cpus_per_task) == (720, 1, 4)

@@ -15,7 +15,7 @@ from cl_bench.engine.run import run_experiment
 from cl_bench.engine.trainer import index_batches
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
-from tests.conftest import FAST
+from tests.helpers.config import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +43,7 @@ def plain_loop(cfg, carry: bool) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("state", ["carry", "fresh"])
 def test_the_runner_trains_as_a_plain_loop_with_one_optimiser_or_one_per_task(make_config, tmp_path, state):
-    cfg = make_config(*FAST, f"optimizer_state={state}", "first_task.cache=false", "lr=0.003")
+    cfg = make_config(TINY, f"optimizer_state={state}", "first_task.cache=false", "lr=0.003")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     assert run_experiment(cfg, run_dir)["status"] == "ok"

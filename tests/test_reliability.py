@@ -19,7 +19,8 @@ from cl_bench.engine.run import run_experiment
 from cl_bench.engine.run_folder import saved_config_path
 from cl_bench.engine.validate import validate_config
 from cl_bench.errors import ConfigError
-from tests.conftest import FAST
+from tests.helpers.config import TINY
+from tests.helpers.runs import COMPARED, tiny_run
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ from tests.conftest import FAST
     ],
 )
 def test_bad_config_values_are_named(make_config, override, message):
-    cfg = make_config(*FAST, override)
+    cfg = make_config(TINY, override)
     with pytest.raises(ConfigError) as error:
         validate_config(cfg)
     assert message in str(error.value)
@@ -59,8 +60,8 @@ def test_bad_config_values_are_named(make_config, override, message):
         (["dataset.split_sklearn_digits.splits=[[0,2],[1,12]]"], "unknown: [12]"),
     ],
 )
-def test_bad_method_and_data_settings_fail_before_training(make_config, tmp_path, overrides, message):
-    summary, run_dir = run(make_config, tmp_path, "bad", *overrides)
+def test_bad_method_and_data_settings_fail_before_training(tmp_path, overrides, message):
+    summary, run_dir = tiny_run(tmp_path, *overrides, name="bad")
     assert summary["status"] == "failed" and message in summary["error"], summary.get("error")
     assert not (run_dir / "checkpoints").exists() or not list((run_dir / "checkpoints").iterdir())
     assert "train_steps" not in summary
@@ -70,15 +71,6 @@ def test_an_unknown_method_names_the_choices(make_config):
     with pytest.raises(Exception, match="Could not find 'method/ewx'") as error:
         make_config("method=ewx")
     assert "ewc" in str(error.value) and "kd" in str(error.value)
-
-
-def run(make_config, tmp_path, name, *overrides):
-    run_dir = tmp_path / name
-    run_dir.mkdir()
-    return run_experiment(make_config(*FAST, *overrides), run_dir), run_dir
-
-
-COMPARED = ("score", "score_k", "score_step", "score_test", "accuracy_matrix", "val_accuracy_matrix", "bwt")
 
 
 @pytest.mark.parametrize(
@@ -97,16 +89,15 @@ COMPARED = ("score", "score_k", "score_step", "score_test", "accuracy_matrix", "
 @pytest.mark.parametrize("stop_row", [2, 6])  # inside task A, inside task B
 def test_stopped_by_a_signal_and_resumed_equals_uninterrupted(make_config, tmp_path, method, stop_row):
     common = [*method, "first_task.cache=false", "model.dropout=0.1"]
-    whole, whole_dir = run(make_config, tmp_path, "whole", *common)
-    stopped, stopped_dir = run(
-        make_config, tmp_path, "stopped", *common,
-        "logger._target_=tests.helpers.SignalAtRow", f"+logger.row={stop_row}",
+    whole, whole_dir = tiny_run(tmp_path, *common, name="whole")
+    stopped, stopped_dir = tiny_run(
+        tmp_path, *common, "logger._target_=tests.helpers.SignalAtRow", f"+logger.row={stop_row}", name="stopped"
     )
     assert stopped["status"] == "interrupted" and "resume=" in stopped["error"]
     assert list((stopped_dir / "checkpoints").glob("ckpt-*.pt"))
     # the run's config as it would be had the signal come from outside (no test logger in it)
-    OmegaConf.save(make_config(*FAST, *common), saved_config_path(stopped_dir))
-    resumed = run_experiment(make_config(*FAST, *common, f"resume={stopped_dir}"), tmp_path)
+    OmegaConf.save(make_config(TINY, *common), saved_config_path(stopped_dir))
+    resumed = run_experiment(make_config(TINY, *common, f"resume={stopped_dir}"), tmp_path)
     assert resumed["status"] == "ok", resumed.get("error")
     assert "resumed_from" in resumed
     for key in COMPARED:
@@ -114,10 +105,8 @@ def test_stopped_by_a_signal_and_resumed_equals_uninterrupted(make_config, tmp_p
     assert (stopped_dir / "metrics.jsonl").read_text() == (whole_dir / "metrics.jsonl").read_text()
 
 
-def test_nan_loss_stops_at_the_next_boundary_keeping_metrics(make_config, tmp_path):
-    summary, run_dir = run(
-        make_config, tmp_path, "nan", "method._target_=tests.helpers.NaNAtStep", "+method.step=15"
-    )
+def test_nan_loss_stops_at_the_next_boundary_keeping_metrics(tmp_path):
+    summary, run_dir = tiny_run(tmp_path, "method._target_=tests.helpers.NaNAtStep", "+method.step=15", name="nan")
     assert summary["status"] == "failed"
     assert "NonFiniteLoss" in summary["error"] and "between global steps 11 and 20" in summary["error"]
     metrics = pd.read_json(run_dir / "metrics.jsonl", lines=True)
@@ -142,10 +131,10 @@ def test_a_checkpoint_crafted_to_run_code_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_first_task_is_trained_once_and_reused_identically(make_config, tmp_path):
-    first, first_dir = run(make_config, tmp_path, "first")
-    second, second_dir = run(make_config, tmp_path, "second", "lr=0.0001")
-    uncached, uncached_dir = run(make_config, tmp_path, "uncached", "lr=0.0001", "first_task.cache=false")
+def test_first_task_is_trained_once_and_reused_identically(tmp_path):
+    first, first_dir = tiny_run(tmp_path, name="first")
+    second, second_dir = tiny_run(tmp_path, "lr=0.0001", name="second")
+    uncached, uncached_dir = tiny_run(tmp_path, "lr=0.0001", "first_task.cache=false", name="uncached")
     assert (first["first_task_cached"], second["first_task_cached"]) == (False, True)
     task_a = lambda d: pd.read_json(d / "metrics.jsonl", lines=True).query("task == 0")  # noqa: E731
     pd.testing.assert_frame_equal(task_a(first_dir), task_a(second_dir))
@@ -155,7 +144,7 @@ def test_first_task_is_trained_once_and_reused_identically(make_config, tmp_path
 
 
 def test_parallel_jobs_train_the_first_task_once(tmp_path):
-    common = [f"output_root={tmp_path / 'out'}", *FAST, "first_task.steps=200"]
+    common = [f"output_root={tmp_path / 'out'}", TINY, "first_task.steps=200"]
     jobs = [
         subprocess.Popen([sys.executable, "-m", "cl_bench.cli.app", *common, f"lr={lr}"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
@@ -171,9 +160,9 @@ def test_parallel_jobs_train_the_first_task_once(tmp_path):
 def test_a_run_folder_of_an_earlier_cl_bench_is_not_resumed(make_config, tmp_path):
     """Before 0.2 each task started a fresh optimiser and EWC's mode=online meant today's mode=sum:
     continuing such a folder would mix two meanings in one result."""
-    common = [*FAST, "first_task.cache=false"]
-    stopped, stopped_dir = run(
-        make_config, tmp_path, "stopped", *common, "logger._target_=tests.helpers.SignalAtRow", "+logger.row=2"
+    common = [TINY, "first_task.cache=false"]
+    stopped, stopped_dir = tiny_run(
+        tmp_path, "first_task.cache=false", "logger._target_=tests.helpers.SignalAtRow", "+logger.row=2", name="stopped"
     )
     assert stopped["status"] == "interrupted"
     (checkpoint,) = (stopped_dir / "checkpoints").glob("ckpt-*.pt")

@@ -14,25 +14,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cl_bench import CONFIG_DIR, __version__
+from cl_bench import __version__
 from cl_bench.cli.report import main as report_main
 from cl_bench.engine.run_folder import state_dir
 from cl_bench.results.experiment_keys import experiment_identity
 from cl_bench.results.report import read_report_csv, write_report
-
-
-def compose_run(*overrides: str):
-    """conf/config.yaml composed as `cl-bench` would, Hydra's own node included."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", list(overrides), return_hydra_config=True)
+from tests.helpers.cli import cl_bench
+from tests.helpers.config import compose_config
 
 
 def write_config(folder: Path, overrides: tuple[str, ...]) -> None:
     """The run folder's .hydra/config.yaml, hydra.yaml and overrides.yaml, as Hydra writes them."""
-    config = compose_run(*overrides)
+    config = compose_config(*overrides, hydra=True)
     (folder / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save({"hydra": config.hydra}, folder / ".hydra" / "hydra.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), folder / ".hydra" / "overrides.yaml")
@@ -266,16 +261,18 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_the_identity_leaves_out_where_and_how_a_run_is_done():
-    a = compose_run("data_dir=/a", "threads=1", "device=cpu", "first_task.cache=false", "seed=3", "eval_batch_size=7")
-    b = compose_run("data_dir=/b", "output_root=/elsewhere", "logger=wandb", "checkpoint.keep=5")
+    a = compose_config(
+        "data_dir=/a", "threads=1", "device=cpu", "first_task.cache=false", "seed=3", "eval_batch_size=7", hydra=True
+    )
+    b = compose_config("data_dir=/b", "output_root=/elsewhere", "logger=wandb", "checkpoint.keep=5", hydra=True)
     assert experiment_identity(a) == experiment_identity(b)  # ${now:...} of hydra.run.dir needs no runtime
     assert "seed" not in experiment_identity(a) and "report" not in experiment_identity(a)
-    assert experiment_identity(a) != experiment_identity(compose_run("batch_size=32"))
-    smaller = compose_run("batch_size=32")
+    assert experiment_identity(a) != experiment_identity(compose_config("batch_size=32", hydra=True))
+    smaller = compose_config("batch_size=32", hydra=True)
     assert experiment_identity(a, ignore={"batch_size"}) == experiment_identity(smaller, ignore={"batch_size"})
-    same = experiment_identity(compose_run("model.dropout=0", "+method.lr=0.001"))  # 0 is dropout's 0.0
+    same = experiment_identity(compose_config("model.dropout=0", "+method.lr=0.001", hydra=True))  # 0 is dropout's 0.0
     assert json.dumps(experiment_identity(a), sort_keys=True) == json.dumps(same, sort_keys=True)
-    mnist = experiment_identity(compose_run("dataset=[split_mnist]", "data_dir=/x"))
+    mnist = experiment_identity(compose_config("dataset=[split_mnist]", "data_dir=/x", hydra=True))
     assert "root" not in mnist["dataset"]["split_mnist"]["source"]
     assert experiment_identity({"name": "${hydra:job.name}", "seed": 1}) == {"name": "${hydra:job.name}"}
 
@@ -302,9 +299,8 @@ def test_the_callback_writes_the_report_without_importing_wandb_unless_asked(swe
 
 def test_a_real_sweep_over_models_gives_a_row_per_model(tmp_path):
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "-m", "cl_bench.cli.app", "-m", "model=mlp,mlp400", "first_task.steps=20", "steps=20",
-               "eval_every=10", "threads=1", f"output_root={tmp_path / 'out'}", f"hydra.sweep.dir={sweep}"]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    done = cl_bench(tmp_path, "model=mlp,mlp400", "first_task.steps=20", "steps=20", f"hydra.sweep.dir={sweep}",
+                    multirun=True)
     assert done.returncode == 0, done.stderr
     table = read_report_csv(sweep / "report.csv")
     assert sorted(table.Technique) == ["Baseline · model=mlp", "Baseline · model=mlp400"]

@@ -11,22 +11,15 @@ import torch
 from hydra.utils import instantiate
 
 from cl_bench.data.sequences import build_task_sequence
-from cl_bench.engine.run import run_experiment
 from cl_bench.engine.validate import validate_config
 from cl_bench.errors import ConfigError
 from cl_bench.results.metrics import peak_score
-from tests.conftest import FAST
+from tests.helpers.config import TINY
+from tests.helpers.runs import tiny_run
 
 
-def run(make_config, tmp_path, *overrides, name="run"):
-    cfg = make_config(*FAST, *overrides)
-    run_dir = tmp_path / name
-    run_dir.mkdir()
-    return run_experiment(cfg, run_dir), run_dir
-
-
-def test_run_folder_holds_metrics_summary_figure_checkpoints(make_config, tmp_path):
-    summary, run_dir = run(make_config, tmp_path)
+def test_run_folder_holds_metrics_summary_figure_checkpoints(tmp_path):
+    summary, run_dir = tiny_run(tmp_path)
     assert summary["status"] == "ok", summary.get("error")
     for name in ("metrics.jsonl", "metrics.csv", "summary.json", "curves.png"):
         assert (run_dir / name).exists(), name
@@ -43,8 +36,8 @@ def test_run_folder_holds_metrics_summary_figure_checkpoints(make_config, tmp_pa
     ]
 
 
-def test_summary_score_is_the_one_its_metrics_imply(make_config, tmp_path):
-    summary, run_dir = run(make_config, tmp_path)
+def test_summary_score_is_the_one_its_metrics_imply(tmp_path):
+    summary, run_dir = tiny_run(tmp_path)
     metrics = pd.read_json(run_dir / "metrics.jsonl", lines=True)
     columns = [c for c in metrics.columns if c.startswith("val/")]
     window = int((metrics["task"] == 1).idxmax())
@@ -58,32 +51,32 @@ def test_summary_score_is_the_one_its_metrics_imply(make_config, tmp_path):
     assert summary["steps_per_s"] > 0 and summary["train_steps"] == 60
 
 
-def test_same_seed_same_metrics(make_config, tmp_path):
-    _, first = run(make_config, tmp_path, "model=mlp", "model.dropout=0.2", name="a")
-    _, second = run(make_config, tmp_path, "model=mlp", "model.dropout=0.2", name="b")
-    _, other = run(make_config, tmp_path, "model=mlp", "model.dropout=0.2", "seed=1", name="c")
+def test_same_seed_same_metrics(tmp_path):
+    _, first = tiny_run(tmp_path, "model=mlp", "model.dropout=0.2", name="a")
+    _, second = tiny_run(tmp_path, "model=mlp", "model.dropout=0.2", name="b")
+    _, other = tiny_run(tmp_path, "model=mlp", "model.dropout=0.2", "seed=1", name="c")
     read = lambda d: (d / "metrics.jsonl").read_text()  # noqa: E731
     assert read(first) == read(second)
     assert read(first) != read(other)
 
 
-def test_a_failing_job_writes_a_failed_summary_and_returns(make_config, tmp_path):
-    summary, run_dir = run(make_config, tmp_path, "dataset=[split_mnist]")
+def test_a_failing_job_writes_a_failed_summary_and_returns(tmp_path):
+    summary, run_dir = tiny_run(tmp_path, "dataset=[split_mnist]")
     assert summary["status"] == "failed"
     assert "FileNotFoundError" in summary["error"] and "train-images-idx3-ubyte" in summary["error"]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
     assert "Traceback" in (run_dir / "error.txt").read_text()
 
 
-def test_split_mnist_from_idx_files(make_config, tmp_path, mnist_dir):
-    summary, _ = run(make_config, tmp_path, "dataset=[split_mnist]", f"data_dir={mnist_dir}")
+def test_split_mnist_from_idx_files(tmp_path, mnist_dir):
+    summary, _ = tiny_run(tmp_path, "dataset=[split_mnist]", f"data_dir={mnist_dir}")
     assert summary["status"] == "ok", summary.get("error")
     assert summary["tasks"] == ["split_mnist.0", "split_mnist.1"]
     assert summary["val_accuracy_matrix"][0][0] > 0.9  # the bars are easy to learn
 
 
-def test_class_il_grows_the_head_and_future_tasks_are_not_evaluated(make_config, tmp_path):
-    summary, run_dir = run(make_config, tmp_path, "scenario=class")
+def test_class_il_grows_the_head_and_future_tasks_are_not_evaluated(tmp_path):
+    summary, run_dir = tiny_run(tmp_path, "scenario=class")
     metrics = pd.read_json(run_dir / "metrics.jsonl", lines=True)
     assert metrics.loc[metrics.task == 0, "val/split_sklearn_digits.1"].isna().all()
     assert not metrics.loc[metrics.task == 1, "val/split_sklearn_digits.1"].isna().any()
@@ -96,7 +89,7 @@ def test_class_il_measures_the_task_aware_accuracy_too_and_scores_the_one_named(
     """Class-IL logs both accuracies; the task-aware one is the argmax within the task's own units
     (checked against the checkpointed model), never below the class-IL one, and `accuracy=` picks
     the one the Score, the test Score and the accuracy matrix follow."""
-    runs = {kind: run(make_config, tmp_path, "scenario=class", f"accuracy={kind}", name=kind)
+    runs = {kind: tiny_run(tmp_path, "scenario=class", f"accuracy={kind}", name=kind)
             for kind in ("scenario", "task_aware")}
     metrics = pd.read_json(runs["scenario"][1] / "metrics.jsonl", lines=True)
     a = "split_sklearn_digits.0"
@@ -104,7 +97,7 @@ def test_class_il_measures_the_task_aware_accuracy_too_and_scores_the_one_named(
     end = metrics.iloc[-1]
     assert end[f"val_task_aware/{a}"] > end[f"val/{a}"]  # task B's units take A's examples in class-IL
     state = torch.load(runs["scenario"][1] / "checkpoints" / "ckpt-000000060-002.pt", weights_only=True)["model"]
-    cfg = make_config(*FAST, "scenario=class")
+    cfg = make_config(TINY, "scenario=class")
     task_a = build_task_sequence(cfg.dataset)[0]
     model = instantiate(cfg.model, input_shape=task_a.input_shape, n_outputs=10)
     model.load_state_dict(state)
@@ -123,8 +116,8 @@ def test_class_il_measures_the_task_aware_accuracy_too_and_scores_the_one_named(
         validate_config(make_config("accuracy=task_aware"))
 
 
-def test_tasks_json_lists_every_tasks_classes_and_split_sizes(make_config, tmp_path):
-    _, run_dir = run(make_config, tmp_path)
+def test_tasks_json_lists_every_tasks_classes_and_split_sizes(tmp_path):
+    _, run_dir = tiny_run(tmp_path)
     tasks = json.loads((run_dir / "tasks.json").read_text())
     assert [t["name"] for t in tasks] == ["split_sklearn_digits.0", "split_sklearn_digits.1"]
     assert [t["classes"] for t in tasks] == [["0", "2", "4", "6", "8"], ["1", "3", "5", "7", "9"]]
@@ -134,7 +127,7 @@ def test_tasks_json_lists_every_tasks_classes_and_split_sizes(make_config, tmp_p
 
 
 def test_precision_fp32_is_auto_on_cpu_and_bf16_autocasts(make_config, tmp_path):
-    runs = {p: run(make_config, tmp_path, f"precision={p}", name=p) for p in ("auto", "fp32", "bf16")}
+    runs = {p: tiny_run(tmp_path, f"precision={p}", name=p) for p in ("auto", "fp32", "bf16")}
     assert all(summary["status"] == "ok" for summary, _ in runs.values())
     read = {p: pd.read_json(run_dir / "metrics.jsonl", lines=True) for p, (_, run_dir) in runs.items()}
     pd.testing.assert_frame_equal(read["auto"], read["fp32"])

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from cl_bench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cl_bench.engine.run import run_experiment
 from cl_bench.engine.run_folder import RunLock, saved_config_path
-from tests.conftest import FAST
-from tests.test_cli import cl_bench
+from tests.helpers.cli import cl_bench
+from tests.helpers.config import TINY
 
-SMALL = ["first_task.steps=20", "steps=20", "eval_every=10"]
+SMALL = ["first_task.steps=20", "steps=20"]  # on top of +debug=tiny (tests.helpers.cli): 20-step tasks
 
 
 def summaries(sweep: Path) -> dict[str, dict]:
@@ -65,18 +65,18 @@ def test_a_finished_run_folder_refuses_another_method_and_keeps_its_hydra_files(
 def test_a_config_error_does_not_bind_the_folder(make_config, tmp_path):
     """A run that failed validation computed nothing: the fixed config may start in its folder."""
     run_dir = tmp_path / "run"
-    assert run_experiment(make_config(*FAST, "lr=-1"), run_dir)["status"] == "failed"
+    assert run_experiment(make_config(TINY, "lr=-1"), run_dir)["status"] == "failed"
     assert not saved_config_path(run_dir).exists()
-    assert run_experiment(make_config(*FAST), run_dir)["status"] == "ok"
+    assert run_experiment(make_config(TINY), run_dir)["status"] == "ok"
 
 
 def test_a_second_process_in_a_run_folder_is_refused_naming_the_holder(make_config, tmp_path):
     """Finding 2: two resumes at once both trained, metrics.jsonl ended with duplicate rows."""
     run_dir = tmp_path / "run"
-    assert run_experiment(make_config(*FAST), run_dir)["status"] == "ok"
+    assert run_experiment(make_config(TINY), run_dir)["status"] == "ok"
     rows = (run_dir / "metrics.jsonl").read_text()
     with RunLock(run_dir):
-        second = run_experiment(make_config(*FAST, f"resume={run_dir}"), tmp_path / "own")
+        second = run_experiment(make_config(TINY, f"resume={run_dir}"), tmp_path / "own")
     assert second["status"] == "refused"
     assert f"in use by another cl-bench process (PID {os.getpid()})" in second["error"]
     assert (run_dir / "metrics.jsonl").read_text() == rows
@@ -108,20 +108,20 @@ def test_resume_refuses_overrides_that_change_the_experiment_and_takes_the_other
     """Finding 7: `resume=X method=ewc steps=50000` ignored its overrides without a word."""
     run_dir = tmp_path / "run"
     stopped = run_experiment(
-        make_config(*FAST, "logger._target_=tests.helpers.SignalAtRow", "+logger.row=2"), run_dir
+        make_config(TINY, "logger._target_=tests.helpers.SignalAtRow", "+logger.row=2"), run_dir
     )
     assert stopped["status"] == "interrupted"
     saved = OmegaConf.load(saved_config_path(run_dir))
     saved.logger = {"_target_": "cl_bench.loggers.base.RunLogger"}  # the run's own test logger would stop it again
     OmegaConf.save(saved, saved_config_path(run_dir))
 
-    refused = run_experiment(make_config(*FAST, f"resume={run_dir}", "method=ewc", "steps=50000"), tmp_path / "a",
+    refused = run_experiment(make_config(TINY, f"resume={run_dir}", "method=ewc", "steps=50000"), tmp_path / "a",
                              override_keys=["resume", "method", "steps"])
     assert refused["status"] == "refused"
     assert "steps=50000 (the run has 30)" in refused["error"] and "method=EWC (the run has Baseline)" in refused["error"]
 
     same_steps = ["resume", "steps", "threads", "checkpoint.every"]
-    resumed = run_experiment(make_config(*FAST, f"resume={run_dir}", "threads=2", "checkpoint.every=7"),
+    resumed = run_experiment(make_config(TINY, f"resume={run_dir}", "threads=2", "checkpoint.every=7"),
                              tmp_path / "b", override_keys=same_steps)
     assert resumed["status"] == "ok", resumed.get("error")
     assert "(2 threads)" in resumed["device"]  # a key that does not change the experiment is taken
@@ -130,12 +130,12 @@ def test_resume_refuses_overrides_that_change_the_experiment_and_takes_the_other
 def test_a_saved_config_naming_a_foreign_target_is_not_run(make_config, tmp_path):
     """Finding 8: a run folder's config is instantiated on `resume=`; `builtins.open` created a file."""
     run_dir = tmp_path / "run"
-    assert run_experiment(make_config(*FAST), run_dir)["status"] == "ok"
+    assert run_experiment(make_config(TINY), run_dir)["status"] == "ok"
     victim = tmp_path / "victim"
     saved = OmegaConf.load(saved_config_path(run_dir))
     saved.logger = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
     OmegaConf.save(saved, saved_config_path(run_dir))
-    refused = run_experiment(make_config(*FAST, f"resume={run_dir}"), tmp_path / "own")
+    refused = run_experiment(make_config(TINY, f"resume={run_dir}"), tmp_path / "own")
     assert refused["status"] == "refused" and "logger._target_=builtins.open is not an allowed target" in refused["error"]
     assert not victim.exists()
 
@@ -194,7 +194,7 @@ def test_wall_time_after_a_resume_covers_every_part(make_config, tmp_path):
     """Finding 11: `wall_time_s` after a resume covered only the last part."""
     run_dir = tmp_path / "run"
     stopped = run_experiment(
-        make_config(*FAST, "first_task.cache=false", "logger._target_=tests.helpers.SignalAtRow", "+logger.row=6"),
+        make_config(TINY, "first_task.cache=false", "logger._target_=tests.helpers.SignalAtRow", "+logger.row=6"),
         run_dir,
     )
     assert stopped["status"] == "interrupted"
@@ -203,6 +203,6 @@ def test_wall_time_after_a_resume_covers_every_part(make_config, tmp_path):
     assert 0 < state["wall_time_s"] < 1000
     state["wall_time_s"] = 1000.0  # as if the first part had taken 1000 s
     save_checkpoint(state, latest)
-    resumed = run_experiment(make_config(*FAST, "first_task.cache=false"), run_dir)
+    resumed = run_experiment(make_config(TINY, "first_task.cache=false"), run_dir)
     assert resumed["status"] == "ok" and "resumed_from" in resumed
     assert 1000 < resumed["wall_time_s"] < 1100  # the earlier part counts too

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from cl_bench.engine.checkpoint import TRAILER_SIZE, CorruptState, load_checkpoint, save_checkpoint, write_json
-from cl_bench.engine.run import load_initial_weights, run_experiment
+from cl_bench.engine.run import load_initial_weights
 from cl_bench.engine.trainer import STATE_FORMAT, IncompatibleState
 from cl_bench.results.figure_worker import CurveFigure
-from tests.conftest import FAST
-from tests.test_reliability import COMPARED
+from tests.helpers.config import TINY
+from tests.helpers.runs import COMPARED, tiny_run
 
 TENSOR = torch.arange(4096, dtype=torch.float32)
 
@@ -90,26 +90,26 @@ def test_state_files_get_the_permissions_of_the_umask(tmp_path):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
-def run_in(make_config, run_dir: Path, *overrides: str) -> dict:
-    run_dir.mkdir(exist_ok=True)
-    return run_experiment(make_config(*overrides), run_dir, CurveFigure(use_helper=False))
+def run_in(tmp_path: Path, name: str, *overrides: str) -> dict:
+    """A tiny run into tmp_path/name, its figure drawn in this process (no helper process to start per run)."""
+    return tiny_run(tmp_path, *overrides, name=name, figure=CurveFigure(use_helper=False))[0]
 
 
 def results(summary: dict, run_dir: Path) -> tuple:
     return (*(json.dumps(summary[key]) for key in COMPARED), (run_dir / "metrics.jsonl").read_text())
 
 
-RESUMABLE = [*FAST, "first_task.cache=false", "checkpoint.every=10", "checkpoint.keep=3"]
+RESUMABLE = ["first_task.cache=false", "checkpoint.every=10", "checkpoint.keep=3"]
 
 
-def test_a_run_whose_latest_checkpoint_is_truncated_resumes_from_the_one_before(make_config, tmp_path, caplog):
+def test_a_run_whose_latest_checkpoint_is_truncated_resumes_from_the_one_before(tmp_path, caplog):
     run_dir = tmp_path / "run"
-    whole = run_in(make_config, run_dir, *RESUMABLE)
+    whole = run_in(tmp_path, "run", *RESUMABLE)
     expected = results(whole, run_dir)
     latest = run_dir / "checkpoints" / "ckpt-000000060-002.pt"
     latest.write_bytes(latest.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING, logger="cl_bench.engine.checkpoint"):
-        resumed = run_in(make_config, run_dir, *RESUMABLE)
+        resumed = run_in(tmp_path, "run", *RESUMABLE)
     assert resumed["status"] == "ok", resumed.get("error")
     assert resumed["resumed_from"] == str(run_dir / "checkpoints" / "ckpt-000000050-001.pt")
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "cl_bench.engine.checkpoint"]
@@ -118,29 +118,29 @@ def test_a_run_whose_latest_checkpoint_is_truncated_resumes_from_the_one_before(
     assert results(resumed, run_dir) == expected
 
 
-def test_a_run_folder_without_a_good_checkpoint_is_never_trained_over(make_config, tmp_path):
+def test_a_run_folder_without_a_good_checkpoint_is_never_trained_over(tmp_path):
     run_dir = tmp_path / "run"
-    run_in(make_config, run_dir, *RESUMABLE)
+    run_in(tmp_path, "run", *RESUMABLE)
     for path in (run_dir / "checkpoints").glob("ckpt-*.pt"):
         path.write_bytes(path.read_bytes()[:-1])
     for attempt in range(2):  # and not on the next attempt either, when all are set aside
-        summary = run_in(make_config, run_dir, *RESUMABLE)
+        summary = run_in(tmp_path, "run", *RESUMABLE)
         assert summary["status"] == "failed" and summary["error"].startswith("CorruptState"), attempt
         assert "start a new run folder (hydra.run.dir=" in summary["error"]
     assert len(list((run_dir / "checkpoints").glob("ckpt-*.pt.corrupt"))) == 3
 
 
-def test_a_truncated_task_a_cache_entry_is_retrained(make_config, tmp_path, caplog):
-    good = run_in(make_config, tmp_path / "good", *FAST)
+def test_a_truncated_task_a_cache_entry_is_retrained(tmp_path, caplog):
+    good = run_in(tmp_path, "good")
     (entry,) = (tmp_path / "outputs" / "cache" / "first_task").glob("*.pt")
     entry.write_bytes(entry.read_bytes()[:-100])
     with caplog.at_level(logging.WARNING, logger="cl_bench.engine.first_task_cache"):
-        retrained = run_in(make_config, tmp_path / "retrained", *FAST)
+        retrained = run_in(tmp_path, "retrained")
     assert retrained["status"] == "ok", retrained.get("error")
     assert not retrained["first_task_cached"]
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "cl_bench.engine.first_task_cache"]
     assert str(entry) in warning and "retraining task A" in warning
-    reused = run_in(make_config, tmp_path / "reused", *FAST)  # the entry was replaced by a good one
+    reused = run_in(tmp_path, "reused")  # the entry was replaced by a good one
     assert reused["first_task_cached"]
     for run_dir, summary in ((tmp_path / "retrained", retrained), (tmp_path / "reused", reused)):
         assert results(summary, run_dir) == results(good, tmp_path / "good")
@@ -152,13 +152,14 @@ import io, json, os, signal, sys
 from pathlib import Path
 
 import sklearn.datasets  # noqa: F401 (what the digits are read with: imported once, before forking)
-from hydra import compose, initialize_config_dir
 
 import cl_bench.engine.checkpoint
-from cl_bench import CONFIG_DIR
 from cl_bench.results.figure_worker import CurveFigure
 from cl_bench.engine.run import run_experiment
 from cl_bench.engine.trainer import Trainer
+
+sys.path.insert(0, os.getcwd())  # the repository (the killer's working directory)
+from tests.helpers.config import compose_config  # noqa: E402
 
 
 def die():
@@ -196,8 +197,7 @@ def kill_in_write(step):
 
 
 overrides, kills = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-    cfg = compose(config_name="config", overrides=overrides)
+cfg = compose_config(*overrides)
 for kind, step, run_dir in kills:
     pid = os.fork()
     if pid == 0:
@@ -209,7 +209,7 @@ for kind, step, run_dir in kills:
     print(json.dumps([kind, step, os.WIFSIGNALED(status) and os.WTERMSIG(status)]), flush=True)
 """
 
-KILLED = [*FAST, "first_task.cache=false", "checkpoint.every=5"]  # 60 global steps, a checkpoint every 5
+KILLED = ["first_task.cache=false", "checkpoint.every=5"]  # 60 global steps, a checkpoint every 5
 
 
 def kill_points(rng: random.Random) -> list[tuple[str, int]]:
@@ -220,11 +220,11 @@ def kill_points(rng: random.Random) -> list[tuple[str, int]]:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the killer forks a process per kill point")
-def test_killed_at_any_point_and_resumed_equals_uninterrupted(make_config, tmp_path):
+def test_killed_at_any_point_and_resumed_equals_uninterrupted(tmp_path):
     points = kill_points(random.Random(0))
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    overrides = [f"output_root={tmp_path / 'outputs'}", f"data_dir={tmp_path / 'data'}", *KILLED]
+    overrides = [f"output_root={tmp_path / 'outputs'}", f"data_dir={tmp_path / 'data'}", TINY, *KILLED]
     kills = [(kind, step, str(tmp_path / f"{kind}-{step}")) for kind, step in points]
     killer = subprocess.run(
         [sys.executable, str(script), json.dumps(overrides), json.dumps(kills)],
@@ -233,10 +233,10 @@ def test_killed_at_any_point_and_resumed_equals_uninterrupted(make_config, tmp_p
     assert killer.returncode == 0, killer.stderr[-3000:]
     outcomes = [json.loads(line) for line in killer.stdout.splitlines()]
     assert outcomes == [[kind, step, signal.SIGKILL] for kind, step in points], killer.stderr[-3000:]
-    whole = run_in(make_config, tmp_path / "whole", *KILLED)
+    whole = run_in(tmp_path, "whole", *KILLED)
     expected = results(whole, tmp_path / "whole")
     for kind, step, run_dir in kills:
-        resumed = run_in(make_config, Path(run_dir), *KILLED)
+        resumed = run_in(tmp_path, Path(run_dir).name, *KILLED)
         assert resumed["status"] == "ok", (kind, step, resumed.get("error"))
         assert results(resumed, Path(run_dir)) == expected, (kind, step)
         assert not list((Path(run_dir) / "checkpoints").glob(".ckpt-*")), (kind, step)  # partial writes removed

@@ -8,20 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from cl_bench import CONFIG_DIR
 from cl_bench.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.engine.checkpoint import load_checkpoint
 from cl_bench.engine.first_task_cache import first_task_key
 from cl_bench.engine.run import run_experiment
+from tests.helpers.config import compose_config
+from tests.helpers.data import save_coloured_picture
 
 # make_model_year folders (years merged into make_model), a class dropped by top_k=3 (mazda_3), one
 # under min_images=4 (kia_rio), a folder the pattern does not match; broken.jpg, gray.png, rgba.png
@@ -38,13 +37,6 @@ SMALL = [
 CACHED = ["dataset.vmmr.decoded_cache=true", "dataset.car_color.decoded_cache=true"]
 
 
-def save_picture(path: Path, colour: tuple[int, int, int], seed: int) -> None:
-    """A 40x30 picture of `colour` plus noise (resized and centre-cropped to 32x32 by the loader)."""
-    noise = np.random.default_rng(seed).normal(0, 25, (30, 40, 3))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.array(colour) + noise).clip(0, 255).astype(np.uint8)).save(path, quality=90)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """data_dir/vmmrdb/<make_model_year>/*.jpg and data_dir/car_color/<colour>/*.jpg."""
@@ -52,19 +44,18 @@ def data_dir(tmp_path_factory) -> Path:
     seed = 0
     for k, (folder, n) in enumerate(VMMR.items()):
         for i in range(n):
-            save_picture(root / "vmmrdb" / folder / f"{i:03d}.jpg", (40 * k % 256, 90, 160), seed := seed + 1)
+            save_coloured_picture(root / "vmmrdb" / folder / f"{i:03d}.jpg", (40 * k % 256, 90, 160), seed := seed + 1)
     (root / "vmmrdb" / "honda_civic_2005" / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG after all")
     Image.new("L", (40, 30), 100).save(root / "vmmrdb" / "ford_focus_2008" / "gray.png")
     Image.new("RGBA", (40, 30), (10, 20, 30, 0)).save(root / "vmmrdb" / "ford_focus_2008" / "rgba.png")
     for colour, rgb in COLOURS.items():
         for i in range(8):
-            save_picture(root / "car_color" / colour / f"{i:03d}.jpg", rgb, seed := seed + 1)
+            save_coloured_picture(root / "car_color" / colour / f"{i:03d}.jpg", rgb, seed := seed + 1)
     return root
 
 
-def compose_config(data_dir: Path, output_root: Path, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", [f"data_dir={data_dir}", f"output_root={output_root}", *SMALL, *overrides])
+def small_config(data_dir: Path, output_root: Path, *overrides: str) -> DictConfig:
+    return compose_config(*SMALL, *overrides, output_root=output_root, data_dir=data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +65,7 @@ def runs(data_dir, tmp_path_factory) -> dict[str, tuple[DictConfig, dict, Path]]
     out = tmp_path_factory.mktemp("out")
     done = {}
     for name, overrides in (("files", []), ("cached", CACHED), ("kd", [*CACHED, "method=kd", "lr=1e-4"])):
-        cfg = compose_config(data_dir, out, *overrides)
+        cfg = small_config(data_dir, out, *overrides)
         run_dir = out / name
         summary = run_experiment(cfg, run_dir)
         assert summary["status"] == "ok", summary.get("error")
@@ -107,16 +98,16 @@ def test_curation_merges_years_keeps_the_largest_and_lists_the_rest(runs):
 
 
 def test_min_images_alone_drops_only_the_small_class(data_dir, tmp_path):
-    cfg = compose_config(data_dir, tmp_path, "dataset.vmmr.top_k=null")
+    cfg = small_config(data_dir, tmp_path, "dataset.vmmr.top_k=null")
     vmmr = build_task_sequence(cfg.dataset)[0]
     assert vmmr.class_names == ["ford_focus", "honda_civic", "mazda_3", "toyota_camry"]
     assert vmmr.info["dropped_classes"] == {"kia_rio": 2}
 
 
 def test_splits_are_stratified_and_deterministic(data_dir, tmp_path, runs):
-    cfg = compose_config(data_dir, tmp_path)
+    cfg = small_config(data_dir, tmp_path)
     first, again = build_task_sequence(cfg.dataset), build_task_sequence(cfg.dataset)
-    other = build_task_sequence(compose_config(data_dir, tmp_path, "dataset.vmmr.split_seed=1").dataset)
+    other = build_task_sequence(small_config(data_dir, tmp_path, "dataset.vmmr.split_seed=1").dataset)
     for part in ("train", "val", "test"):
         assert [getattr(t, part).paths for t in first] == [getattr(t, part).paths for t in again]
         for task in first:  # every class in every split: one val and one test image each
@@ -128,7 +119,7 @@ def test_splits_are_stratified_and_deterministic(data_dir, tmp_path, runs):
 
 
 def test_grayscale_and_rgba_images_become_rgb(data_dir, tmp_path):
-    vmmr, _ = build_task_sequence(compose_config(data_dir, tmp_path).dataset)
+    vmmr, _ = build_task_sequence(small_config(data_dir, tmp_path).dataset)
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     found = {}
     for split in (vmmr.train, vmmr.val, vmmr.test):
@@ -177,7 +168,7 @@ def test_head_growth_keeps_task_a_rows(runs):
 
 
 def test_corrupt_file_is_an_error_when_configured(data_dir, tmp_path):
-    cfg = compose_config(data_dir, tmp_path, "dataset.vmmr.on_corrupt=error")
+    cfg = small_config(data_dir, tmp_path, "dataset.vmmr.on_corrupt=error")
     summary = run_experiment(cfg, tmp_path / "run")
     assert summary["status"] == "failed" and "broken.jpg" in summary["error"]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -11,7 +11,7 @@ from cl_bench.engine.run import run_experiment
 from cl_bench.engine.validate import check_against_tasks, validate_config
 from cl_bench.errors import ConfigError
 from cl_bench.methods.build import RUN_KEYS, build_method
-from tests.conftest import FAST
+from tests.helpers.config import TINY
 
 # The reproduced findings of issue 13, each with the start of the message that must name its key.
 FINDINGS = [
@@ -74,7 +74,7 @@ def test_good_values_pass(make_config, overrides):
 @pytest.mark.parametrize("overrides, message", FINDINGS)
 def test_a_finding_fails_before_any_data_is_read(make_config, tmp_path, overrides, message):
     """split_mnist from a data_dir holding nothing: the config's error comes first."""
-    cfg = make_config(*FAST, "dataset=[split_mnist]", *overrides)
+    cfg = make_config(TINY, "dataset=[split_mnist]", *overrides)
     summary = run_experiment(cfg, tmp_path)
     assert summary["status"] == "failed" and summary["error"].startswith(f"ConfigError: {message}"), summary["error"]
     assert "tasks" not in summary and not (tmp_path / "checkpoints").exists()
@@ -105,7 +105,7 @@ def test_a_method_without_parameters_says_so(make_config):
 
 
 def test_a_batch_larger_than_a_task_is_refused_before_training(make_config, tmp_path):
-    summary = run_experiment(make_config(*FAST, "batch_size=100000"), tmp_path)
+    summary = run_experiment(make_config(TINY, "batch_size=100000"), tmp_path)
     assert summary["error"] == (
         "ConfigError: batch_size=100000: task 'split_sklearn_digits.0' has only 606 training examples; "
         "choose at most 606"

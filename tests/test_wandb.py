@@ -19,8 +19,8 @@ from cl_bench.engine.run import run_experiment
 from cl_bench.loggers import wandb as wandb_logger
 from cl_bench.loggers.base import RunLogger
 from cl_bench.loggers.wandb import WandbLogger
-from tests.conftest import FAST
-from tests.test_cli import cl_bench
+from tests.helpers.cli import cl_bench
+from tests.helpers.config import TINY
 
 
 @pytest.fixture(autouse=True)
@@ -208,7 +208,7 @@ def stop_at_once_at(monkeypatch, logger: type[RunLogger], stop_index: int) -> No
     monkeypatch.setattr(logger, "log_row", log_then_stop)
 
 
-COMMON = [*FAST, "first_task.cache=false"]  # 4 rows a task; a checkpoint at task A's end (after row 3)
+COMMON = [TINY, "first_task.cache=false"]  # 4 rows a task; a checkpoint at task A's end (after row 3)
 
 
 def test_a_resumed_run_continues_its_w_and_b_run_logging_each_row_once(make_config, tmp_path, monkeypatch):

@@ -13,14 +13,21 @@ from torch import Tensor
 
 from cl_bench.data.sources import LabelledImages, stratified_take
 from cl_bench.data.task import Task, TensorSplit
+from cl_bench.errors import ConfigError
 
 ORDERS = ("fixed", "random")
 
 
+def check_order(key: str, order: str) -> None:
+    """`task_order` or a dataset's `class_order` (`key`) is one of ORDERS (validate.py checks the
+    config with it before any data is read)."""
+    if order not in ORDERS:
+        raise ConfigError(f"{key}={order!r}: choose one of {', '.join(ORDERS)}")
+
+
 def ordering(n: int, order: str, seed: int, key: str) -> list[int]:
     """Positions 0..n-1 as given (`fixed`) or shuffled by `seed` (`random`); `key` names the setting."""
-    if order not in ORDERS:
-        raise ValueError(f"{key}={order!r}: choose one of {', '.join(ORDERS)}")
+    check_order(key, order)
     if order == "fixed":
         return list(range(n))
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()

@@ -7,6 +7,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,7 +34,8 @@ class LabelledImages:
         return sorted(set(self.train_y.tolist()))
 
 
-def _missing_mnist_files(raw: Path) -> list[str]:
+def missing_mnist_files(raw: Path) -> list[str]:
+    """The names of MNIST_FILES found in `raw` neither plain nor as .gz."""
     return [f for f in MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
 
 
@@ -47,11 +49,20 @@ def read_idx(path: Path) -> Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=4 + 4 * ndim).view(*shape)
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """`array` (values 0-255) as an IDX file of unsigned bytes, what `read_idx` reads: MNIST-shaped
+    files for the tests and the benchmarks."""
+    data = np.asarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, data.ndim) + b"".join(struct.pack(">I", d) for d in data.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + data.tobytes())
+
+
 def mnist(root: str, download: bool = False) -> LabelledImages:
     """MNIST from torchvision's layout, `root/MNIST/raw` (fetched by torchvision first if `download`
     and possible); the IDX files are read directly, without importing torchvision."""
     raw = Path(root).expanduser() / "MNIST" / "raw"
-    if _missing_mnist_files(raw) and download:
+    if missing_mnist_files(raw) and download:
         from torchvision.datasets import MNIST
 
         try:
@@ -59,7 +70,7 @@ def mnist(root: str, download: bool = False) -> LabelledImages:
             MNIST(str(Path(root).expanduser()), train=False, download=True)
         except Exception as error:  # network errors take many forms; the message below says what to do
             print(f"MNIST download failed: {error}")
-    missing = _missing_mnist_files(raw)
+    missing = missing_mnist_files(raw)
     if missing:
         raise FileNotFoundError(
             f"MNIST files not found in {raw}: {', '.join(missing)} (plain or .gz). Put MNIST's IDX files "

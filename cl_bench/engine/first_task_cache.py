@@ -14,7 +14,8 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.engine.checkpoint import CorruptState, load_checkpoint, remove_partial_writes, save_checkpoint
-from cl_bench.engine.trainer import STATE_FORMAT, SequenceResult, Trainer
+from cl_bench.engine.trainer import Trainer
+from cl_bench.engine.trainer_state import STATE_FORMAT
 from cl_bench.results.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -44,44 +45,35 @@ class FirstTaskCache:
     """Replaces training task 0: loads the cached state, or trains it and stores it (also in place of
     an entry that does not verify)."""
 
-    def __init__(self, cache_dir: Path, key: str, metrics: MetricsLog):
+    def __init__(self, cache_dir: Path, key: str, metrics: MetricsLog, device: torch.device):
         self.path = cache_dir / "first_task" / f"{key}.pt"
         self.metrics = metrics
+        self.device = device
         self.hit = False
 
     def __call__(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{self.path}.lock"):
             remove_partial_writes(self.path.parent, self.path.name)
-            state = self._load(trainer.device)
+            state = self._load()
             if state is not None:
-                self._restore(trainer, state)
+                rows = state.pop("rows")
+                trainer.import_first_task_state(state, rows)
                 self.hit = True
                 log.info("task A loaded from %s", self.path)
                 return
             rows_before = len(self.metrics.rows)
-            trainer.train_task(0)
-            state = trainer.state_dict()
-            del state["method"]
+            trainer.train_first_task()
+            state = trainer.export_first_task_state()
             state["rows"] = self.metrics.rows[rows_before:]
             save_checkpoint(state, self.path)
 
-    def _load(self, device: torch.device) -> dict | None:
+    def _load(self) -> dict | None:
         """The cached state; None when there is none, or when it does not verify (it is retrained)."""
         if not self.path.exists():
             return None
         try:
-            return load_checkpoint(self.path, device)
+            return load_checkpoint(self.path, self.device)
         except CorruptState as error:
             log.warning("%s; retraining task A to replace it", error)
             return None
-
-    @staticmethod
-    def _restore(trainer: Trainer, state: dict) -> None:
-        """Continue as if this process had trained task A, without its cost in this run's figures."""
-        state["method"] = trainer.method.state_dict()
-        rows = state.pop("rows")
-        trainer.load_state_dict(state)
-        trainer.result = SequenceResult()
-        for row in rows:
-            trainer.on_eval(row)

@@ -35,6 +35,7 @@ from cl_bench.engine.run_folder import (
     shown,
 )
 from cl_bench.engine.scenario import Scenario
+from cl_bench.engine.settings import trainer_settings
 from cl_bench.engine.trainer import IncompatibleState, StopRequested, Trainer
 from cl_bench.engine.validate import check_against_tasks, validate_config
 from cl_bench.errors import one_line
@@ -181,7 +182,7 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, cl
     def save(state: dict) -> None:
         checkpoints.save({**state, "wall_time_s": clock.total()})
 
-    trainer = Trainer(cfg, tasks, model.to(device), method, scenario, device, metrics.append, save)
+    trainer = Trainer(trainer_settings(cfg), tasks, model.to(device), method, scenario, device, metrics.append, save)
     found = checkpoints.latest_verified(device)  # CorruptState when none of the run's checkpoints verifies
     if found is not None:
         latest, state = found
@@ -194,7 +195,7 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, cl
         metrics.resume(0)  # from the start: no rows of a run killed before its first checkpoint
     first_task = None
     if cfg.first_task.cache and not method.changes_first_task:
-        first_task = FirstTaskCache(Path(cfg.cache_dir), first_task_key(cfg, device.type), metrics)
+        first_task = FirstTaskCache(Path(cfg.cache_dir), first_task_key(cfg, device.type), metrics, device)
     with stop_on_signals(trainer):
         result = trainer.run(first_task)
     summary["first_task_cached"] = bool(first_task and first_task.hit)

@@ -12,13 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cl_bench.errors import ConfigError
+
 SCENARIOS = ("task", "domain", "class")
+
+
+def check_scenario(name: str) -> None:
+    """`scenario` is one of SCENARIOS (validate.py checks the config with it before anything is built)."""
+    if name not in SCENARIOS:
+        raise ConfigError(f"scenario={name!r}: choose one of {', '.join(SCENARIOS)}")
 
 
 class Scenario:
     def __init__(self, name: str, classes_per_task: list[int]):
-        if name not in SCENARIOS:
-            raise ValueError(f"scenario={name!r} is not one of {', '.join(SCENARIOS)}")
+        check_scenario(name)
         self.name = name
         self.classes_per_task = list(classes_per_task)
         starts = [0]

@@ -1,4 +1,12 @@
-"""Checks of a composed config before anything is built or trained: one clear message per bad key."""
+"""Checks of a composed config before anything is built or trained: one clear message per bad key.
+
+The one place the config's keys are checked, each in the style `key=value: must be …` or `key=value:
+choose …`. A rule whose values another module defines is written there once and called from here:
+`scenario` (engine.scenario.check_scenario), `task_order` and `class_order` (data.sequences.check_order),
+`model.channels_last` (models.options.check_channels_last). The method node's parameters are its
+constructor's (methods/params.py, run by build_method right after this check); what depends on the
+data is checked once the tasks are built (`check_against_tasks`, and the method's `check(tasks)`).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +14,21 @@ import inspect
 import math
 import re
 import typing
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl_bench.data.sequences import ORDERS
+from cl_bench.data.sequences import check_order
 from cl_bench.data.task import Task
 from cl_bench.engine.device import PRECISIONS
 from cl_bench.engine.evaluation import ACCURACIES, TASK_AWARE
 from cl_bench.engine.optim import OPTIMIZER_STATES
-from cl_bench.engine.scenario import SCENARIOS
+from cl_bench.engine.scenario import check_scenario
 from cl_bench.errors import ConfigError
+from cl_bench.models.options import check_channels_last
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Rules of the optimiser node's numeric keys (torch.optim's names), checked when present.
@@ -30,7 +40,6 @@ OPTIMIZER_NUMBERS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "eps": ("> 0", lambda v: v > 0),
 }
 OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "maximize")
-
 
 
 def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
@@ -67,6 +76,12 @@ def _flag(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r}: must be true or false")
 
 
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    """One of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(choices)}")
+
+
 def _budget(cfg: DictConfig, prefix: str) -> None:
     steps, epochs = OmegaConf.select(cfg, f"{prefix}steps"), OmegaConf.select(cfg, f"{prefix}epochs")
     if (steps is None) == (epochs is None):
@@ -83,9 +98,7 @@ def _orders(cfg: DictConfig) -> None:
     splits = [name for name, node in cfg.dataset.items() if "class_order" in node]
     keys = ["task_order"] + [f"dataset.{name}.class_order" for name in splits]
     for key in keys:
-        value = OmegaConf.select(cfg, key, default="fixed")
-        if value not in ORDERS:
-            raise ConfigError(f"{key}={value!r}: choose one of {', '.join(ORDERS)}")
+        check_order(key, OmegaConf.select(cfg, key, default="fixed"))
 
 
 def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
@@ -187,8 +200,8 @@ def _model(node: DictConfig) -> None:
     for key in ("dropout", "input_dropout"):
         if key in node:
             _number(f"model.{key}", node[key], "in [0, 1)", lambda v: 0 <= v < 1)
-    if node.get("channels_last", False) not in (True, False, "auto"):
-        raise ConfigError(f"model.channels_last={node.channels_last!r}: choose true, false or auto")
+    if "channels_last" in node:
+        check_channels_last(node.channels_last)
 
 
 def _run_keys(cfg: DictConfig) -> None:
@@ -226,21 +239,15 @@ def validate_config(cfg: DictConfig) -> None:
     _budget(cfg, "first_task.")
     _budget(cfg, "")
     _run_keys(cfg)
-    if cfg.scenario not in SCENARIOS:
-        raise ConfigError(f"scenario={cfg.scenario!r}: choose one of {', '.join(SCENARIOS)}")
-    if not cfg.dataset:
-        raise ConfigError("dataset=[]: select at least one dataset, e.g. dataset=[split_sklearn_digits]")
+    check_scenario(cfg.scenario)
     _orders(cfg)
-    if cfg.optimizer_state not in OPTIMIZER_STATES:
-        raise ConfigError(f"optimizer_state={cfg.optimizer_state!r}: choose one of {', '.join(OPTIMIZER_STATES)}")
-    if cfg.accuracy not in ACCURACIES:
-        raise ConfigError(f"accuracy={cfg.accuracy!r}: choose one of {', '.join(ACCURACIES)}")
+    _choice("optimizer_state", cfg.optimizer_state, OPTIMIZER_STATES)
+    _choice("accuracy", cfg.accuracy, ACCURACIES)
     if cfg.accuracy == TASK_AWARE and cfg.scenario == "domain":
         raise ConfigError("accuracy=task_aware: domain-IL has one shared label space; use accuracy=scenario")
     if cfg.threads is not None:
         _positive(cfg, "threads", int)
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    _choice("precision", cfg.precision, PRECISIONS)
     _optimizer(cfg.optimizer)
     _model(cfg.model)
 

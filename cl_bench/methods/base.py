@@ -66,7 +66,8 @@ class Method:
         return TrainData(split, torch.full((len(split),), ctx.task_idx, dtype=torch.long))
 
     def check(self, tasks: list[Task]) -> None:
-        """Raise ConfigError, before any training, if the method's settings cannot work with `tasks`."""
+        """Raise ConfigError, before any training, if the method's settings cannot work with `tasks`
+        (rules that need no data are the constructor's, written with methods/params.py)."""
 
     def before_task(self, ctx: TrainContext) -> None:
         """Called after the head has grown for the task, before its first step."""

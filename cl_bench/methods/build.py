@@ -10,13 +10,15 @@ from omegaconf import DictConfig, OmegaConf
 from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Method
 
-# Keys of a method node that describe the run rather than the method's constructor.
+# The keys of a method node that are not the method's constructor arguments, and not part of what a run
+# computes (results.experiment_keys): `label` is the row's name (`method=lowlr` and `method=baseline
+# lr=1e-4` are one experiment), `lr` a preset's learning rate (the top-level `lr` is the effective one).
 RUN_KEYS = ("label", "lr")
 
 
 def build_method(node: DictConfig) -> Method:
-    """Instantiate `node._target_` with the node's other keys; `lambda` becomes `lambda_`. A key the
-    method does not take or a value it refuses is a ConfigError naming it."""
+    """Instantiate `node._target_` with the node's keys but RUN_KEYS; `lambda` becomes `lambda_`. A key
+    the method does not take is a ConfigError naming it, as is a value its constructor refuses (methods/params.py)."""
     params = OmegaConf.to_container(node, resolve=True)
     cls = get_class(params.pop("_target_"))
     for key in RUN_KEYS:
@@ -29,10 +31,7 @@ def build_method(node: DictConfig) -> Method:
         names = ", ".join(name.rstrip("_") for name in accepted)
         allowed = f"it takes: {names}" if accepted else "it takes no parameters"
         raise ConfigError(f"method.{unknown[0]}: {cls.__name__} takes no such parameter ({allowed})")
-    try:
-        method = cls(**params)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
+    method = cls(**params)
     if not isinstance(method, Method):
         raise TypeError(f"method._target_={cls.__name__} is not a cl_bench Method")
     return method

@@ -1,4 +1,5 @@
-"""Knowledge distillation as Learning without Forgetting (Li & Hoiem 2017; the two-cities post's L_B + κ·L_KD)."""
+"""Knowledge distillation (Hinton et al. 2015) as Learning without Forgetting (Li & Hoiem 2017; the
+two-cities post's L_B + κ·L_KD)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from cl_bench.data.task import Split
+from cl_bench.engine.fewer_ops import columns, mean, sum_of
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.params import choice, flag, number
 
@@ -24,26 +26,20 @@ RECORD_BATCH_SIZE = 1024
 def distillation_losses(
     student: Tensor, teacher: Tensor, groups: list[slice], T: float, reduction: str = "sum"
 ) -> Tensor:
-    """Per-example H(softmax(teacher/T), softmax(student/T)) on each group's units, summed over the
-    groups (`reduction="sum"`); averaged over the groups (`"mean_over_groups"`, van de Ven & Tolias's
-    code since 2019); or averaged over the groups and over each group's units (`"mean"`, their 2018 code)."""
-    total = None
-    for units in groups:
-        target = F.softmax(_columns(teacher, units) / T, dim=1)
-        terms = -(target * F.log_softmax(_columns(student, units) / T, dim=1))
-        loss = terms.mean(1) if reduction == "mean" else terms.sum(1)
-        total = loss if total is None else total + loss
+    """Per-example H(softmax(teacher/T), softmax(student/T)) = −Σ_j softmax(z_old/T)_j · log softmax(z/T)_j
+    on each group's units, summed over the groups (`reduction="sum"`); averaged over the groups
+    (`"mean_over_groups"`, van de Ven & Tolias's code since 2019); or averaged over the groups and over
+    each group's units (`"mean"`, their 2018 code)."""
+
+    def cross_entropy(units: slice) -> Tensor:
+        target = F.softmax(columns(teacher, units) / T, dim=1)
+        terms = -(target * F.log_softmax(columns(student, units) / T, dim=1))
+        return terms.mean(1) if reduction == "mean" else terms.sum(1)
+
+    total = sum_of(cross_entropy(units) for units in groups)
     if total is None:
         return student.new_zeros(len(student))
     return total if reduction == "sum" else total / len(groups)
-
-
-def _columns(logits: Tensor, units: slice) -> Tensor:
-    """`logits[:, units]`, or `logits` itself when `units` is every column (domain-IL's shared head):
-    no slice op and no slice backward on every step."""
-    if units.indices(logits.shape[1]) == (0, logits.shape[1], 1):
-        return logits
-    return logits[:, units]
 
 
 def old_model_state(model: nn.Module, n_old_units: int) -> dict[str, Tensor]:
@@ -76,7 +72,9 @@ def record_outputs(teacher: nn.Module, split: Split) -> Tensor:
 
 
 class KD(Method):
-    """Learning without Forgetting: L_B + κ·L_KD, L_KD distilling the previous model's old-task outputs.
+    """Learning without Forgetting (Li & Hoiem 2017): L(θ) = L_task(θ) + κ·L_KD(θ), the two-cities post's
+    L_B + κ·L_KD (Li & Hoiem's L_new + λ_o·L_old), L_KD distilling the previous model's old-task outputs
+    at temperature T (Hinton et al. 2015).
 
     The teacher is the model as it was when the previous task ended: a frozen copy taken in
     `before_task` whose head keeps only the rows that existed then. For each group of old units
@@ -147,15 +145,13 @@ class KD(Method):
         return 1 / (ctx.task_idx + 1) if self.weighting == "tasks_seen" else 1.0
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        """κ·L_KD (×T² with `t_squared`, ×(1 − 1/t) with `weighting=tasks_seen`), L_KD the mean over the
+        batch's examples of the task's split."""
         if ctx.task_idx == 0 or not self.active:
             return {}
         old, weight = self._teacher_logits(ctx, batch)
         groups = ctx.scenario.old_output_groups(ctx.task_idx)
-        losses = distillation_losses(logits, old, groups, self.T, self.reduction)
-        if weight is None:  # every example weighs 1: the same value as the weighted mean, in fewer ops
-            loss = losses.sum() / len(losses)
-        else:
-            loss = (losses * weight).sum() / weight.sum().clamp(min=1)
+        loss = mean(distillation_losses(logits, old, groups, self.T, self.reduction), weight)
         scale = self.kappa * self.T**2 if self.t_squared else self.kappa
         if self.weighting == "tasks_seen":
             scale *= 1 - self.task_loss_weight(ctx)

@@ -1,4 +1,5 @@
-"""An L2 penalty toward the parameters each earlier task ended with (the split-MNIST EWC tutorial's idea)."""
+"""An L2 penalty toward the parameters each earlier task ended with (Kirkpatrick et al. 2017's L2
+baseline; the split-MNIST EWC tutorial's idea)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from torch import Tensor
 
 from cl_bench.data.task import Task
 from cl_bench.methods.base import TrainContext
-from cl_bench.methods.ewc import EWC, stored_part
-from cl_bench.methods.params import choice
+from cl_bench.methods.ewc import EWC
+from cl_bench.methods.params import choice, together
+from cl_bench.methods.quadratic import stored_part
 
 FORMS = ("squared", "norm")
 
@@ -29,8 +31,8 @@ class L2(EWC):
     ):
         super().__init__(lambda_, scope=scope, mode=mode, gamma=gamma)
         self.form = choice("form", form, FORMS)
-        if self.form == "norm" and (self.mode != "separate" or self.gamma != 1):
-            raise ValueError("method.form=norm keeps one unsquared norm per task: use mode=separate and gamma=1")
+        together(self.form == "squared" or (self.mode == "separate" and self.gamma == 1), "form", self.form,
+                 "keeps one unsquared norm per task: use mode=separate and gamma=1")
 
     def check(self, tasks: list[Task]) -> None:
         """No Fisher, so no sample count to check."""

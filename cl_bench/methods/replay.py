@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bench.data.task import Split, Task
+from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.params import choice, count
 
@@ -18,7 +19,7 @@ FEATURE_BATCH_SIZE = 1024
 
 
 def herding(features: Tensor, m: int) -> Tensor:
-    """iCaRL's herding: `m` row indices of `features`, in selection order, each chosen so that the
+    """iCaRL's herding (Rebuffi et al. 2017): `m` row indices of `features`, in selection order, each chosen so that the
     running mean of the chosen L2-normalised features stays closest to the class mean."""
     phi = F.normalize(features, dim=1)
     mean = phi.mean(0)
@@ -50,7 +51,8 @@ def labels_and_features(model: nn.Module, split: Split, with_features: bool) -> 
 
 
 class Replay(Method):
-    """Each batch gets `replay_batch_size` exemplars of earlier tasks drawn uniformly from memory.
+    """L(θ) = w_task·CE(the task's examples) + w_replay·CE(replayed exemplars of earlier tasks), each CE
+    the mean over its examples. Each batch gets `replay_batch_size` exemplars drawn uniformly from memory.
 
     The memory holds at most `memory_size` examples, ⌊memory_size / n⌋ per class over the n classes
     (a class being a task's label) seen so far: when a task ends its classes get their exemplars and
@@ -80,19 +82,19 @@ class Replay(Method):
         self.weighting = choice("weighting", weighting, WEIGHTINGS)
         self.memory: dict[str, Tensor] = {}
 
-    def share(self, tasks: list[Task]) -> int:
-        """Exemplars per class once `tasks` are done; an error if memory cannot hold one of each class."""
+    def check(self, tasks: list[Task]) -> None:
+        """The memory holds at least one exemplar of every class of `tasks`."""
         n_classes = sum(task.n_classes for task in tasks)
         if self.memory_size < n_classes:
-            raise ValueError(
-                f"method.memory_size={self.memory_size} is smaller than the {n_classes} classes of the tasks: "
-                f"each class needs at least one exemplar"
+            raise ConfigError(
+                f"method.memory_size={self.memory_size}: smaller than the {n_classes} classes of the tasks; "
+                f"each class needs at least one exemplar (choose at least {n_classes})"
             )
-        return self.memory_size // n_classes
 
-    def before_task(self, ctx: TrainContext) -> None:
-        """Refuse, before any training, a memory too small for every class of the sequence."""
-        self.share(ctx.tasks)
+    def share(self, tasks: list[Task]) -> int:
+        """Exemplars per class once `tasks` are done (`check`'s error if there is not one for each)."""
+        self.check(tasks)
+        return self.memory_size // sum(task.n_classes for task in tasks)
 
     def after_task(self, ctx: TrainContext) -> None:
         """Shrink the old classes' exemplars to the new per-class share and add the task's."""

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torchvision.models import ResNet, ResNet18_Weights
 from torchvision.models import resnet18 as torchvision_resnet18
 
+from cl_bench.models.options import check_channels_last
+
 
 class FeaturesHead(nn.Module):
     """A feature extractor and a linear head, inputs optionally in channels-last memory format."""
@@ -62,8 +64,7 @@ def resnet18(
     """ResNet-18 with a fresh `head` of `n_outputs` rows; `weights`: None (from scratch), "imagenet",
     or a local state-dict path. Inputs of other than 3 channels ([C, H, W]) only from scratch.
     `channels_last` is a bool: the run resolves the config's `auto` for its device."""
-    if not isinstance(channels_last, bool):
-        raise ValueError(f"model.channels_last={channels_last!r}: true or false (auto is resolved by the run)")
+    check_channels_last(channels_last, resolved=True)
     net = torchvision_resnet18(weights=None)
     channels = input_shape[0]
     if weights is not None:

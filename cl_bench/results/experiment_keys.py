@@ -12,6 +12,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cl_bench.methods.build import RUN_KEYS
+
 NON_EXPERIMENT_KEYS: frozenset[str] = frozenset(
     {
         "data_dir",
@@ -26,8 +28,7 @@ NON_EXPERIMENT_KEYS: frozenset[str] = frozenset(
         "report",
         "eval_batch_size",
         "first_task.cache",
-        "method.lr",  # the top-level `lr` is the effective rate
-        "method.label",  # a name: `method=lowlr` and `method=baseline lr=1e-4` are one experiment
+        *(f"method.{key}" for key in RUN_KEYS),
         "dataset.*.root",
         "dataset.*.cache_dir",
         "dataset.*.workers",

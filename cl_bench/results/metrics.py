@@ -24,17 +24,33 @@ class Score:
     row: int
 
 
+# The Score rule, defined here once (the summary and the trainer's best-model snapshot follow it):
+# Score = max_t mean_k val_k(t) over the evaluation points t of the last task (its step 0 included);
+# ties go to the earliest t; a point where some task has no accuracy (NaN) does not count.
+
+
+def in_score_window(task_idx: int, n_tasks: int) -> bool:
+    """Whether an evaluation point while training task `task_idx` is in the Score's window."""
+    return task_idx == n_tasks - 1
+
+
+def new_peak(accuracies: list[float], peak: float | None) -> float | None:
+    """The mean of a point's `accuracies` (one per task) if it beats `peak`, the best mean of the
+    window's points before it (None: no point yet); else None."""
+    if any(math.isnan(a) for a in accuracies):
+        return None
+    mean = sum(accuracies) / len(accuracies)
+    return mean if peak is None or mean > peak else None
+
+
 def peak_score(val_curves: list[list[float]], window_start: int, steps: list[int]) -> Score:
-    """Score = max_t mean_k val_k(t) over evaluation points t >= window_start (row index);
-    ties go to the earliest t. `val_curves[t][k]` is task k's val accuracy at row t."""
+    """The Score over evaluation points t >= window_start (row index); `val_curves[t][k]` is task
+    k's val accuracy at row t."""
     best: Score | None = None
     for row in range(window_start, len(val_curves)):
-        accuracies = val_curves[row]
-        if any(math.isnan(a) for a in accuracies):
-            continue
-        mean = sum(accuracies) / len(accuracies)
-        if best is None or mean > best.score:
-            best = Score(mean, list(accuracies), steps[row], row)
+        mean = new_peak(val_curves[row], None if best is None else best.score)
+        if mean is not None:
+            best = Score(mean, list(val_curves[row]), steps[row], row)
     if best is None:
         raise ValueError("no evaluation point with every task's accuracy in the Score window")
     return best

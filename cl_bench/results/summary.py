@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from cl_bench.data.task import Task
 from cl_bench.engine.evaluation import ROW_PREFIX
-from cl_bench.engine.trainer import SequenceResult
-from cl_bench.results.metrics import average_final_accuracy, backward_transfer, forgetting, peak_score, task_letters
+from cl_bench.engine.sequence_result import SequenceResult
+from cl_bench.results.metrics import (
+    average_final_accuracy,
+    backward_transfer,
+    forgetting,
+    in_score_window,
+    peak_score,
+    task_letters,
+)
 
 SUMMARY_FILE = "summary.json"
 
@@ -15,7 +22,7 @@ def score_summary(rows: list[dict], tasks: list[Task], accuracy: str) -> dict:
     by task letter."""
     letters = task_letters(len(tasks))
     curves = [[row[f"val{ROW_PREFIX[accuracy]}/{t.name}"] for t in tasks] for row in rows]
-    window_start = next(i for i, row in enumerate(rows) if row["task"] == len(tasks) - 1)
+    window_start = next(i for i, row in enumerate(rows) if in_score_window(row["task"], len(tasks)))
     score = peak_score(curves, window_start, [row["step"] for row in rows])
     return {
         "score": score.score,

@@ -2,7 +2,7 @@
 baseline's on the same work, the diagonal Fisher (batched hooks vs the per-sample loop), and the EWC
 penalty's per-step cost as earlier tasks accumulate (separate terms vs online running sums).
 
-    python scripts/bench_methods.py [--samples 1000] [--batch-size 128] [--chunk 250] [--max-tasks 10] [--threads 2]
+    python benchmarks/methods.py [--samples 1000] [--batch-size 128] [--chunk 250] [--max-tasks 10] [--threads 2]
 """
 
 from __future__ import annotations
@@ -106,11 +106,11 @@ def bench_fisher(name: str, samples: int, batch_size: int, chunk: int) -> None:
     implementations = {"fast": diagonal_fisher, "loop": diagonal_fisher_loop}
     seconds = dict.fromkeys(implementations, 0.0)
     totals: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in implementations}
-    diagonal_fisher(model, split, torch.arange(min(batch_size, samples)), 0, scenario, "true", batch_size)
+    diagonal_fisher(model, split, torch.arange(min(batch_size, samples)), 0, scenario, "empirical", batch_size)
     for part in torch.arange(samples).split(chunk):
         for kind, fisher in implementations.items():
             started = time.perf_counter()
-            result = fisher(model, split, part, 0, scenario, "true", batch_size)
+            result = fisher(model, split, part, 0, scenario, "empirical", batch_size)
             seconds[kind] += time.perf_counter() - started
             for key, value in result.items():
                 totals[kind][key] = totals[kind].get(key, 0) + value * len(part) / samples

@@ -1,7 +1,7 @@
 """Throughput of the image-folder loader (files vs decoded cache) and of ResNet-18 training on this machine.
 
-    python scripts/bench_image_loader.py                 # ~2000 generated 256x256 JPEGs in a temp folder
-    python scripts/bench_image_loader.py --root ~/data/vmmrdb --images 0
+    python benchmarks/image_loader.py                 # ~2000 generated 256x256 JPEGs in a temp folder
+    python benchmarks/image_loader.py --root ~/data/vmmrdb --images 0
 """
 
 from __future__ import annotations
