@@ -4,6 +4,13 @@ Messages, not tracebacks: a job that fails, is refused or is stopped says so in 
 traceback of a failure stays in its run folder's error.txt, and is printed too with hydra.verbose=true). Ctrl-C on a sweep stops the sweep: the
 current job checkpoints, the jobs after it are not started (each gets a summary saying "not_run"),
 the report is written and the command exits non-zero.
+
+Each job prints one line when it starts (its folder) and one when it ends (its Score, or how it
+ended); a tqdm bar on a terminal in between. Log records go to the job's log file (`<run>/app.log`),
+the terminal gets warnings only (conf/config.yaml `hydra.job_logging`). In a SLURM job, a run stopped
+because the job was cancelled (scancel) ends "cancelled" (cl_bench.cli.slurm_job), not "interrupted"
+(which SLURM's requeue continues). `cl-bench --help` starts with our usage and the version
+(`hydra.help.header`, which reads the version through the `cl_bench_version` resolver).
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench import CONFIG_PACKAGE
+from cl_bench import CONFIG_PACKAGE, __version__
+
+if not OmegaConf.has_resolver("cl_bench_version"):  # `${cl_bench_version:}` in the --help text
+    OmegaConf.register_new_resolver("cl_bench_version", lambda: __version__)
 
 _frozen = False
 _sweep_stopped = False  # a sweep was asked to stop (Ctrl-C / SIGTERM): later jobs are not run
@@ -61,15 +71,64 @@ def override_keys() -> list[str]:
     return [override.key_or_group for override in overrides]
 
 
-def not_run(cfg: DictConfig, run_dir: Path) -> float:
+def not_run(cfg: DictConfig, run_dir: Path, quiet: bool = False) -> float:
     """A job of a stopped sweep: recorded as not run, nothing trained."""
     from cl_bench.engine.checkpoint import write_json
     from cl_bench.engine.run import FAILED_SCORE
     from cl_bench.results.summary import SUMMARY_FILE
 
     write_json({"status": "not_run", "error": "the sweep was stopped before this job started"}, run_dir / SUMMARY_FILE)
-    print(f"cl-bench: not run (the sweep was stopped): {run_dir}", file=sys.stderr)
+    if not quiet:
+        print(f"cl-bench: not run (the sweep was stopped): {run_dir}", file=sys.stderr)
     return FAILED_SCORE
+
+
+def start_line(hydra_cfg: DictConfig, folder: Path, multirun: bool) -> str:
+    """What a job prints when it starts: its number and overrides in a sweep, and its folder."""
+    if not multirun:
+        return f"cl-bench: started · {folder}"
+    from hydra.core.utils import filter_overrides
+
+    overrides = " ".join(filter_overrides(list(hydra_cfg.overrides.task)))
+    return f"cl-bench: #{hydra_cfg.job.num} started ({overrides or 'no overrides'}) · {folder}"
+
+
+HELPER_IGNORES = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def figure_helper():
+    """The curve figure's helper process (started now, so that it imports matplotlib while this process
+    imports torch), ignoring SIGTERM, SIGUSR1 and SIGUSR2: on SLURM, scancel, pre-emption and time limits
+    signal every process of the job (the USR2 before a time limit, submitit's cue to requeue, too), and
+    the helper must outlive the signal that asks the run to stop, to draw its figure (it ends by itself
+    when this process ends)."""
+    from cl_bench.results.figure_worker import CurveFigure
+
+    if threading.current_thread() is not threading.main_thread():
+        return CurveFigure()
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in HELPER_IGNORES}  # the helper inherits
+    try:  # SIG_IGN (exec keeps it)
+        return CurveFigure()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def mark_cancelled(summary: dict, folder: Path) -> dict:
+    """In a SLURM job that SLURM is ending because it was cancelled (scancel), an interrupted run ends
+    "cancelled": SLURM will not start it again (a pre-empted or timed-out job stays "interrupted": its
+    requeue continues it). Its summary is rewritten so."""
+    from cl_bench.cli.slurm_job import cancelled_job
+
+    job = cancelled_job()
+    if job is None:
+        return summary
+    from cl_bench.engine.checkpoint import write_json
+    from cl_bench.results.summary import SUMMARY_FILE
+
+    summary = {**summary, "status": "cancelled", "error": f"SLURM job {job} was cancelled; {summary.get('error')}"}
+    write_json(summary, folder / SUMMARY_FILE)
+    return summary
 
 
 def result_line(summary: dict, folder: Path) -> str:
@@ -94,16 +153,17 @@ def main(cfg: DictConfig) -> float:
         watch_sweep_signals()
         if _sweep_stopped:
             return not_run(cfg, own_dir)
-    from cl_bench.results.figure_worker import CurveFigure
-
-    figure = CurveFigure()  # its helper process imports matplotlib while this one imports torch
+    folder = Path(cfg.resume).expanduser() if cfg.get("resume") else own_dir
+    print(start_line(hydra_cfg, folder, multirun), flush=True)
+    figure = figure_helper()  # its helper process imports matplotlib while this one imports torch
     from cl_bench.engine.run import (  # torch and the rest only when a job runs (not for --help)
         objective,
         run_experiment,
     )
 
     summary = run_experiment(cfg, own_dir, figure, override_keys())
-    folder = Path(cfg.resume).expanduser() if cfg.get("resume") else own_dir
+    if summary["status"] == "interrupted":
+        summary = mark_cancelled(summary, folder)
     if folder != own_dir:  # resume=: this invocation's own folder holds only Hydra's files
         shutil.rmtree(own_dir, ignore_errors=True)
     if multirun and summary["status"] == "interrupted":

@@ -5,7 +5,7 @@ Here forward hooks on Linear, Conv2d and BatchNorm (eval) layers keep each layer
 backward pass reaches the layer's output with gradient `g` (row n being example n's own, as the
 examples do not interact), the layer's per-sample weight gradients are products of `a` and `g`,
 whose squares are summed over the batch without materialising all of them at once. The values are
-the plain route's up to rounding (tests/test_fisher.py), at a fraction of its time.
+the plain route's up to rounding (tests/methods/test_fisher.py), at a fraction of its time.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from cl_bench.engine.settings import trainer_settings
 from cl_bench.engine.trainer import IncompatibleState, StopRequested, Trainer
 from cl_bench.engine.validate import check_against_tasks, validate_config
 from cl_bench.errors import one_line
-from cl_bench.methods.build import build_method
+from cl_bench.methods.build import RUN_KEYS, build_method
 from cl_bench.models.head import grow_head
 from cl_bench.results.experiment_keys import changes_experiment
 from cl_bench.results.figure_worker import CurveFigure
@@ -66,8 +66,8 @@ def describe(cfg: DictConfig) -> dict:
 def _description(cfg: DictConfig) -> dict:
     method = OmegaConf.to_container(cfg.method, resolve=True)
     return {
-        "method": method.pop("label", None) or method["_target_"].rsplit(".", 1)[-1],
-        "method_params": {k: v for k, v in method.items() if k not in ("_target_", "lr")},
+        "method": method.get("label") or method["_target_"].rsplit(".", 1)[-1],
+        "method_params": {k: v for k, v in method.items() if k not in ("_target_", *RUN_KEYS)},
         "lr": cfg.lr,
         "seed": cfg.seed,
         "scenario": cfg.scenario,

@@ -228,7 +228,7 @@ def test_killed_at_any_point_and_resumed_equals_uninterrupted(tmp_path):
     kills = [(kind, step, str(tmp_path / f"{kind}-{step}")) for kind, step in points]
     killer = subprocess.run(
         [sys.executable, str(script), json.dumps(overrides), json.dumps(kills)],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
     )
     assert killer.returncode == 0, killer.stderr[-3000:]
     outcomes = [json.loads(line) for line in killer.stdout.splitlines()]

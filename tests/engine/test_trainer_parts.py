@@ -22,8 +22,8 @@ from cl_bench.engine.trainer import Trainer
 from cl_bench.methods.build import build_method
 from cl_bench.results.metrics import in_score_window, new_peak, peak_score
 from cl_bench.results.summary import score_summary
+from tests.helpers.config import TINY
 
-SMALL = ["first_task.steps=30", "steps=30", "eval_every=10", "threads=1"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # the trainers here run in this process
 
 
@@ -89,7 +89,7 @@ def test_budgets_and_the_optimizer_factory(make_config):
 
 
 def test_task_a_exported_and_imported_continues_as_training_it(make_config):
-    cfg = make_config(*SMALL)
+    cfg = make_config(TINY)
     reference_rows: list[dict] = []
     reference = make_trainer(cfg, reference_rows)
     reference.run()
@@ -116,7 +116,7 @@ def test_task_a_exported_and_imported_continues_as_training_it(make_config):
 
 
 def test_state_dict_round_trips_into_a_new_trainer(make_config):
-    cfg = make_config(*SMALL, "checkpoint.every=15")
+    cfg = make_config(TINY, "checkpoint.every=15")
     saved: list[dict] = []
     trainer = make_trainer(cfg, [])
     trainer.on_checkpoint = lambda state: saved.append(copy.deepcopy(state))  # as written to a file
@@ -129,7 +129,7 @@ def test_state_dict_round_trips_into_a_new_trainer(make_config):
 
 
 def test_the_evaluator_evaluates_a_model_state_once_and_keeps_the_best_points_test(make_config, monkeypatch):
-    cfg = make_config(*SMALL)
+    cfg = make_config(TINY)
     trainer = make_trainer(cfg, [])
     calls: list[str] = []
     compute = evaluator_module.accuracies
@@ -173,7 +173,7 @@ def test_the_score_rule_point_by_point_gives_the_peak_score(curves, window_start
 
 
 def test_the_trainers_best_point_is_the_summarys_score(make_config):
-    cfg = make_config(*SMALL, "scenario=class", "accuracy=task_aware")
+    cfg = make_config(TINY, "scenario=class", "accuracy=task_aware")
     rows: list[dict] = []
     trainer = make_trainer(cfg, rows)
     trainer.run()
