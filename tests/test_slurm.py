@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from cl_bench.cli.slurm_job import CANCELLED, PREEMPTED, REQUEUED, stop_reason
 from cl_bench.loggers.base import RunLogger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,8 +118,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# cred_expire: how long a requeued job waits before it starts again (default 120 s)
-AuthInfo=socket={f / 'munge.socket'},cred_expire=10
+# cred_expire: how long a requeued job waits before it starts again (default 120 s; here longer than
+# cl-bench's slowest squeue poll, 15 s, so that it sees the requeue)
+AuthInfo=socket={f / 'munge.socket'},cred_expire=20
 StateSaveLocation={f / 'state'}
 SlurmdSpoolDir={f / 'spool'}
 SlurmctldPidFile={f / 'slurmctld.pid'}
@@ -134,12 +136,16 @@ JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=2
+SchedulerParameters=bf_interval=2,sched_interval=2
 ReturnToService=2
 InactiveLimit=0
 KillWait=15
+# A job of the partition `urgent` pre-empts those of `debug`, which SLURM requeues.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 {node} NodeAddr=127.0.0.1 State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=15
+PartitionName=urgent Nodes={host} MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """)
         self.run("slurmctld")
         self.run("slurmd")
@@ -267,8 +273,9 @@ def test_a_sweep_runs_each_job_as_a_slurm_job_quietly_and_reports_the_failed_one
     # and the exit message; nothing of sacct (this cluster keeps no accounting) nor of submitit.
     printed = own_lines(sweep.out + sweep.err)
     assert len(printed) == 6, sweep.text
-    assert re.fullmatch(r"cl-bench: 2 job\(s\) submitted to SLURM as \d+ \(partition debug\); .*squeue.*", printed[0])
-    started = [line for line in printed if re.match(r"cl-bench: #[01] started \(SLURM job \d+_[01]( on \S+)?\): ", line)]
+    assert re.fullmatch(r"cl-bench: 2 jobs submitted to SLURM as \d+ \(partition debug\); .*squeue.*", printed[0])
+    start = re.compile(r"cl-bench: #[01] started \(SLURM job \d+_[01]( on \S+)?\): ")
+    started = [line for line in printed if start.match(line)]
     assert len(started) == 2, sweep.text
     assert any(re.fullmatch(rf"cl-bench: Baseline: Score \d+\.\d% \(test \d+\.\d%\) · {sweep.sweep}/0", line)
                for line in sweep.out), sweep.text
@@ -313,6 +320,37 @@ def test_scancel_of_a_running_job_leaves_it_cancelled_and_the_sweep_reports_it(s
     assert "| cancelled |" in (sweep.sweep / "report.md").read_text()
     log = (sweep.sweep / ".submitit" / job / f"{job}_0_log.out").read_text()
     assert "figure helper failed" not in log
+
+
+def test_a_pre_empted_job_is_requeued_by_slurm_and_continues_from_its_checkpoint(slurm, tmp_path):
+    sweep = Submitter(slurm, tmp_path, "first_task.steps=200", "steps=200", "checkpoint.every=20", *SLOW,
+                      "+logger.seconds=0.3")
+    job = sweep.wait_for(r"#0 started \(SLURM job (\d+) on ")[1]
+    wait_for_rows(sweep.sweep / "0", 4)
+    cpus = slurm.run("sinfo", "--noheader", "--format=%c").stdout.strip()
+    slurm.run("sbatch", "--partition=urgent", f"--cpus-per-task={cpus}", "--output=/dev/null", "--wrap=sleep 1")
+    assert sweep.wait() == 0, sweep.text
+    sweep.wait_for(r"#0 requeued by SLURM")
+    sweep.wait_for(r"#0 started again")
+    ended = summary(sweep.sweep / "0")
+    assert ended["status"] == "ok" and ended.get("resumed_from"), ended
+    assert "Restarts=1" in slurm.run("scontrol", "--oneliner", "show", "job", job).stdout
+    log = (sweep.sweep / ".submitit" / job / f"{job}_0_log.err").read_text()
+    assert f"cl-bench: SLURM job {job} was pre-empted: the run stopped at a checkpoint" in log
+
+
+def test_what_slurm_says_tells_cancellation_from_pre_emption_requeue_and_time_limit():
+    """The fields `scontrol show job` gave while a job's processes handled SLURM's SIGTERM (slurm_job's table)."""
+    ending = {"JobState": "COMPLETING", "Reason": "None", "Restarts": "0"}
+    assert stop_reason(ending, 0) == CANCELLED
+    assert stop_reason({**ending, "PreemptTime": "None"}, 0) == CANCELLED  # a cluster that can pre-empt
+    assert stop_reason({**ending, "JobState": "CANCELLED"}, 0) == CANCELLED
+    assert stop_reason({**ending, "Restarts": "2"}, 1) == REQUEUED  # scontrol requeue
+    assert stop_reason({**ending, "Restarts": "1"}, 1) == CANCELLED  # a job requeued before, now cancelled
+    assert stop_reason({"JobState": "RUNNING", "Reason": "None", "PreemptTime": "2026-12-02T06:43:49"}, 0) == PREEMPTED
+    assert stop_reason({**ending, "Reason": "TimeLimit"}, 0) is None  # submitit's: it requeued on the USR2
+    assert stop_reason({"JobState": "RUNNING", "Reason": "None", "PreemptTime": "None"}, 0) is None  # a signal only
+    assert stop_reason({}, 0) is None  # scontrol did not answer
 
 
 def test_ctrl_c_on_the_submitting_command_cancels_the_sweeps_jobs(slurm, tmp_path):

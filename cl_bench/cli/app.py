@@ -1,16 +1,18 @@
 """`cl-bench`: the Hydra application. Composes the package's configs (cl_bench.conf), runs one experiment per job.
 
 Messages, not tracebacks: a job that fails, is refused or is stopped says so in one line (the
-traceback of a failure stays in its run folder's error.txt, and is printed too with hydra.verbose=true). Ctrl-C on a sweep stops the sweep: the
-current job checkpoints, the jobs after it are not started (each gets a summary saying "not_run"),
-the report is written and the command exits non-zero.
+traceback of a failure stays in its run folder's error.txt, and is printed too with
+hydra.verbose=true). Ctrl-C on a sweep stops the sweep: the current job checkpoints, the jobs after
+it are not started (each gets a summary saying "not_run"), the report is written and the command
+exits non-zero.
 
 Each job prints one line when it starts (its folder) and one when it ends (its Score, or how it
 ended); a tqdm bar on a terminal in between. Log records go to the job's log file (`<run>/app.log`),
 the terminal gets warnings only (conf/config.yaml `hydra.job_logging`). In a SLURM job, a run stopped
-because the job was cancelled (scancel) ends "cancelled" (cl_bench.cli.slurm_job), not "interrupted"
-(which SLURM's requeue continues). `cl-bench --help` starts with our usage and the version
-(`hydra.help.header`, which reads the version through the `cl_bench_version` resolver).
+because the job was cancelled (scancel) ends "cancelled", not "interrupted"; one stopped because the
+job was pre-empted or requeued ends its job without a result, to be continued (slurm_ending).
+`cl-bench --help` starts with our usage and the version (`hydra.help.header`, which reads the version
+through the `cl_bench_version` resolver).
 """
 
 from __future__ import annotations
@@ -71,15 +73,14 @@ def override_keys() -> list[str]:
     return [override.key_or_group for override in overrides]
 
 
-def not_run(cfg: DictConfig, run_dir: Path, quiet: bool = False) -> float:
+def not_run(cfg: DictConfig, run_dir: Path) -> float:
     """A job of a stopped sweep: recorded as not run, nothing trained."""
     from cl_bench.engine.checkpoint import write_json
     from cl_bench.engine.run import FAILED_SCORE
     from cl_bench.results.summary import SUMMARY_FILE
 
     write_json({"status": "not_run", "error": "the sweep was stopped before this job started"}, run_dir / SUMMARY_FILE)
-    if not quiet:
-        print(f"cl-bench: not run (the sweep was stopped): {run_dir}", file=sys.stderr)
+    print(f"cl-bench: not run (the sweep was stopped): {run_dir}", file=sys.stderr)
     return FAILED_SCORE
 
 
@@ -114,14 +115,20 @@ def figure_helper():
             signal.signal(signum, handler)
 
 
-def mark_cancelled(summary: dict, folder: Path) -> dict:
-    """In a SLURM job that SLURM is ending because it was cancelled (scancel), an interrupted run ends
-    "cancelled": SLURM will not start it again (a pre-empted or timed-out job stays "interrupted": its
-    requeue continues it). Its summary is rewritten so."""
-    from cl_bench.cli.slurm_job import cancelled_job
+def slurm_ending(summary: dict, folder: Path) -> dict:
+    """An interrupted run in a SLURM job that SLURM is ending (cl_bench.cli.slurm_job): cancelled (scancel),
+    its summary says "cancelled" (SLURM will not start it again); pre-empted or requeued, the job ends
+    without a result, so that the sweep waits for it while SLURM starts it again and it continues from its
+    checkpoint. (At a time limit submitit has requeued the job already; a signal alone leaves the run
+    "interrupted".)"""
+    from cl_bench.cli import slurm_job
 
-    job = cancelled_job()
-    if job is None:
+    reason = slurm_job.why_stopped()
+    job = slurm_job.shown_job_id()
+    if reason == slurm_job.REQUEUED or (reason == slurm_job.PREEMPTED and slurm_job.requeue()):
+        sys.exit(f"cl-bench: SLURM job {job} was {reason}: the run stopped at a checkpoint, and continues from it "
+                 f"when SLURM starts the job again ({folder})")
+    if reason != slurm_job.CANCELLED:
         return summary
     from cl_bench.engine.checkpoint import write_json
     from cl_bench.results.summary import SUMMARY_FILE
@@ -163,7 +170,7 @@ def main(cfg: DictConfig) -> float:
 
     summary = run_experiment(cfg, own_dir, figure, override_keys())
     if summary["status"] == "interrupted":
-        summary = mark_cancelled(summary, folder)
+        summary = slurm_ending(summary, folder)
     if folder != own_dir:  # resume=: this invocation's own folder holds only Hydra's files
         shutil.rmtree(own_dir, ignore_errors=True)
     if multirun and summary["status"] == "interrupted":

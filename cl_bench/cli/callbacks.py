@@ -34,7 +34,7 @@ def exit_message(config: DictConfig, statuses: Counter) -> str | None:
     """Why the sweep exits non-zero, or None. A grid sweep fails when any job did not end ok; a search
     (Optuna) only when it was stopped, since failed trials are part of a search."""
     searched = config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER
-    counted = ("interrupted", "not_run") if searched else tuple(s for s in statuses if s != "ok")
+    counted = ("interrupted", "cancelled", "not_run") if searched else tuple(s for s in statuses if s != "ok")
     bad = {status: statuses[status] for status in counted if statuses[status]}
     if not bad:
         return None

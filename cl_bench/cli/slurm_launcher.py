@@ -25,9 +25,10 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
@@ -37,14 +38,14 @@ from hydra.experimental.callback import Callback
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import OmegaConf, open_dict, read_write
 
-log = logging.getLogger(__name__)
-
 POLL_S = 1.0  # result files are looked for every second (as submitit does)
 SQUEUE_EVERY_S = (2.0, 15.0)  # squeue: every 2 s at first, slowing down to every 15 s while nothing changes
 RESULT_GRACE_S = 30.0  # a job SLURM says has ended may take this long to show its result file (shared file systems)
 RUNNING = "RUNNING"
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT")  # a job SLURM will (re)start
-SUMMARY_FILE = "summary.json"  # cl_bench.results.summary.SUMMARY_FILE (not imported here: it imports torch)
+# cl_bench.results.summary.SUMMARY_FILE and cl_bench.engine.run.FAILED_SCORE (importing them imports torch)
+SUMMARY_FILE = "summary.json"
+FAILED_SCORE = 0.0
 # squeue states of a job that will not run again (a requeued job is PENDING, REQUEUED or COMPLETING meanwhile).
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "REVOKED"}
@@ -62,6 +63,7 @@ class Tracked:
     state: str = "PENDING"
     nodes: str = ""
     starts: int = 0
+    requeued: bool = False  # requeued, and not seen running since
     ended_at: float | None = None  # when SLURM was first seen to say it has ended without a result file
     result: JobReturn | None = None
 
@@ -124,8 +126,6 @@ def read_result(tracked: Tracked) -> JobReturn:
 def no_result(tracked: Tracked) -> JobReturn:
     """What a job without a usable result returns to the sweeper: the worst Score (its folder, if it has
     one, tells the report how it ended)."""
-    from cl_bench.engine.run import FAILED_SCORE
-
     return JobReturn(overrides=list(tracked.overrides), status=JobStatus.COMPLETED, _return_value=FAILED_SCORE)
 
 
@@ -141,9 +141,19 @@ def end_line(tracked: Tracked, ret: JobReturn) -> tuple[str, bool]:
         folder = Path(str(resumed)).expanduser()
     try:
         summary = json.loads((folder / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return f"cl-bench: #{tracked.num} ended without a summary (log: {tracked.job.paths.stdout})", False
+    except (OSError, ValueError):  # e.g. a refused run (its folder is another run's): the job's own last line
+        fallback = f"cl-bench: #{tracked.num} ended without a summary (log: {tracked.job.paths.stdout})"
+        return last_line(tracked) or fallback, False
     return result_line(summary, folder), summary.get("status") == "ok"
+
+
+def last_line(tracked: Tracked) -> str | None:
+    """The last line the job printed as `cl-bench: ...` on its stderr (how it ended, when not ok)."""
+    try:
+        lines = tracked.job.paths.stderr.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line for line in reversed(lines) if line.startswith("cl-bench: ")), None)
 
 
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
@@ -178,8 +188,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         where = f"partition {params['partition']}" if params.get("partition") else "the default partition"
         ids = sorted({job.job_id.split("_")[0] for job in jobs})
         logs = str(params["submitit_folder"]).replace("%j", "<job id>")
-        say(f"cl-bench: {len(jobs)} job(s) submitted to SLURM as {', '.join(ids)} ({where}); their states come from "
-            f"squeue, their logs go to {logs}")
+        count = f"{len(jobs)} jobs" if len(jobs) > 1 else "1 job"
+        say(f"cl-bench: {count} submitted to SLURM as {', '.join(ids)} ({where}); their states come from squeue, "
+            f"their logs go to {logs}")
         try:
             self.follow(tracked)
         except KeyboardInterrupt:
@@ -223,6 +234,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             if state == RUNNING and t.state != RUNNING:
                 self.started(t)
             elif t.starts and state in WAITING and t.state not in WAITING:
+                t.requeued = True
                 say(f"cl-bench: #{t.num} requeued by SLURM (time limit or pre-emption): it continues from its "
                     f"last checkpoint when it starts again")
             if state in ENDED or state == GONE:
@@ -243,12 +255,13 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     @staticmethod
     def started(tracked: Tracked) -> None:
         tracked.starts += 1
+        tracked.requeued = False
         again = " again" if tracked.starts > 1 else ""
         on = f" on {tracked.nodes}" if tracked.nodes else ""
         say(f"cl-bench: #{tracked.num} started{again} (SLURM job {tracked.job.job_id}{on}): {tracked.shown}")
 
     def finish(self, tracked: Tracked, ret: JobReturn) -> None:
-        if not tracked.starts and ret.hydra_cfg is not None:  # it ran between two looks at squeue
+        if (not tracked.starts or tracked.requeued) and ret.hydra_cfg is not None:  # it ran between two looks at squeue
             self.started(tracked)
         tracked.result = ret
         line, ok = end_line(tracked, ret)
@@ -275,8 +288,6 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def record_not_run(self, overrides: list[str], num: int, tracked: Tracked | None = None) -> JobReturn:
         """A job of a stopped sweep that never ran: its folder with Hydra's files and a summary saying
         "not_run", as a local sweep leaves it (unless the job made its folder after all)."""
-        from cl_bench.cli.app import not_run
-
         assert self.hydra_context is not None and self.config is not None
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(config.hydra.job):
@@ -293,8 +304,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             OmegaConf.save(task, hydra_dir / "config.yaml")
             OmegaConf.save(OmegaConf.create({"hydra": config.hydra}), hydra_dir / "hydra.yaml")
             OmegaConf.save(config.hydra.overrides.task, hydra_dir / "overrides.yaml")
-            not_run(task, folder, quiet=True)
-        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=0.0)
+            stopped = {"status": "not_run", "error": "the sweep was stopped (Ctrl-C) before this SLURM job started"}
+            (folder / SUMMARY_FILE).write_text(json.dumps(stopped, indent=2))
+        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=FAILED_SCORE)
 
 
 class FollowSlurmJobs(Callback):

@@ -57,7 +57,10 @@ class CurveFigure:
                 _, errors = process.communicate(request, timeout=TIMEOUT_S)
                 if process.returncode == 0:
                     return
-                log.warning("the figure helper failed (%s); drawing in this process", errors.decode()[-500:].strip())
+                reason = errors.decode()[-500:].strip() or (
+                    f"killed by {signal.Signals(-process.returncode).name}" if process.returncode < 0
+                    else f"exit code {process.returncode}")
+                log.warning("the figure helper failed (%s); drawing in this process", reason)
             except (OSError, ValueError, TypeError, subprocess.TimeoutExpired) as error:
                 process.kill()
                 process.wait()

@@ -14,7 +14,8 @@ run whose config names a target that is not allowed is left out. Whatever cannot
 a one-line warning: a missing, truncated or invalid config leaves its run out; an unreadable
 `summary.json` counts the job as "unreadable" in its row.
 
-A job's status is ok, failed, interrupted, not_run (a sweep stopped before it), running (no summary
+A job's status is ok, failed, interrupted, cancelled (its SLURM job was cancelled: scancel, or Ctrl-C on
+a SLURM sweep), not_run (a sweep stopped before it), running (no summary
 yet, and a process holds its folder's lock), killed (no summary, and no process holds the lock: it
 ended without writing one) or unreadable; each row counts its jobs of every status (`n` is the chosen weights' ok seeds),
 and a row without an ok job shows its state. Written to the output folder: `report.md` (the table,
@@ -60,9 +61,9 @@ HYDRA_DIR = ".hydra"
 RUN_MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{STATE_DIR}/{CONFIG_FILE}", f"{HYDRA_DIR}/{CONFIG_FILE}")
 REQUIRED_KEYS = ("method._target_", "model._target_", "dataset", "seed")  # in every cl_bench run's config
 # The statuses of a job without a result, in the order a row without an ok job shows the first it has.
-NOT_OK = ("failed", "unreadable", "killed", "interrupted", "not_run", "running")
+NOT_OK = ("failed", "unreadable", "killed", "interrupted", "cancelled", "not_run", "running")
 STATUSES = ("ok", *NOT_OK)
-LISTED = ("failed", "unreadable", "killed", "interrupted", "not_run")  # the jobs named under the table
+LISTED = ("failed", "unreadable", "killed", "interrupted", "cancelled", "not_run")  # the jobs named under the table
 JOB_COLUMNS = ["Technique", "job", "status", "seed", "overrides", "error"]
 # What reading a saved file may raise: the file, its encoding, its YAML / JSON, OmegaConf's grammar.
 READ_ERRORS = (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException)
