@@ -26,7 +26,7 @@ from cl_bench.engine.scenario import Scenario
 from cl_bench.engine.sequence_result import SequenceResult
 from cl_bench.engine.settings import TrainerSettings
 from cl_bench.engine.trainer_state import STATE_FORMAT, IncompatibleState  # noqa: F401 (imported from here too)
-from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
+from cl_bench.methods.base import Batch, Method, TrainContext, TrainData, defined_hook
 from cl_bench.models.head import grow_head, reset_parameters
 
 T = TypeVar("T")
@@ -192,20 +192,25 @@ class Trainer:
             disable=None, mininterval=1.0,
         )
         remaining = run.indices[run.step :]
-        optimizer, task_weight = self.optimizer, run.task_weight
+        optimizer, task_weight, model = self.optimizer, run.task_weight, self.model
+        after_backward, after_step = defined_hook(self.method, "after_backward"), defined_hook(self.method, "after_step")
         started = time.perf_counter()
         for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
             index = index.to(self.device)
             batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index))
             with self.autocast:
-                logits = self.model(batch.x)
+                logits = model(batch.x)
                 task_loss = self._task_loss(logits, batch, len(y))
                 terms = {"task": task_loss if task_weight == 1 else task_weight * task_loss}
                 terms.update(self.method.loss_terms(ctx, batch, logits))
             loss = reduce(operator.add, terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if after_backward is not None:
+                after_backward(ctx, model)
             optimizer.step()
+            if after_step is not None:
+                after_step(ctx, model)
             terms["total"] = loss
             for name, value in terms.items():  # running sums on the device, read at evaluation
                 run.sums[name] = run.sums[name] + value.detach() if name in run.sums else value.detach().to(self.sum_dtype)

@@ -1,7 +1,14 @@
-"""The method interface: hooks the trainer calls around every task and at every step."""
+"""The method interface: hooks the trainer calls around every task and at every step.
+
+A step runs: `extend_batch` → forward → `loss_terms` → backward → `after_backward` → optimiser step →
+`after_step`. When methods are combined (not yet), their `after_backward` gradient edits run in this
+order: closed-form penalty gradients first, projections (A-GEM's) last, so a projection sees the
+gradient that the optimiser will take.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +93,14 @@ class Method:
         """Extra weighted loss terms for this step, by name."""
         return {}
 
+    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+        """After backward, before the optimiser step: may read and edit the parameters' `.grad` in place.
+        Called only if the method overrides it (`defined_hook`)."""
+
+    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
+        """After the optimiser step (e.g. a path integral over the update). Called only if the method
+        overrides it (`defined_hook`)."""
+
     def after_task(self, ctx: TrainContext) -> None:
         """Called when the task's training budget is spent."""
 
@@ -96,3 +111,10 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {sorted(state)}")
+
+
+def defined_hook(method: Method, name: str) -> Callable[[TrainContext, nn.Module], None] | None:
+    """`method`'s bound hook `name` if its class overrides `Method`'s, else None: the trainer decides
+    once per task, so a hook a method does not define costs no call."""
+    hook = getattr(method, name)
+    return hook if getattr(hook, "__func__", None) is not getattr(Method, name) else None

@@ -1,0 +1,100 @@
+"""Synaptic Intelligence (Zenke, Poole & Ganguli 2017, "Continual Learning Through Synaptic Intelligence")."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cl_bench.engine.fewer_ops import leading_block
+from cl_bench.engine.per_sample_grads import trainable_parameters
+from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.params import number
+from cl_bench.methods.quadratic import Quadratic
+
+
+class SI(Method):
+    """L(θ) = L_task(θ) + c·Σ_k Ω_k·(θ_k − θ*_k)², Zenke et al.'s surrogate loss, θ* the parameters when the
+    previous task ended.
+
+    During every task (the first too), after each optimiser step, ω_k += −g_k·Δθ_k: Δθ the step's
+    update, g the gradient of the unregularised loss at the step, as Zenke et al. define the path
+    integral (the loss's decrease that the parameter's motion explains). The penalty's own gradient,
+    2c·Ω·(θ − θ*), is closed-form, so `after_backward` subtracts it from the step's gradient rather than
+    running a second backward pass. (van de Ven & Tolias's code integrates the step's total gradient,
+    the penalty's included.) At the task's end Ω_k += ω_k / ((θ_k − θ_k^start)² + ξ), θ* ← θ, ω ← 0.
+
+    c: the penalty's strength; xi: the damping ξ (van de Ven & Tolias's `epsilon`, 0.1). Head rows added
+    after a task carry no Ω of it. Task A builds Ω, so SI does not share the cached task A.
+    """
+
+    changes_first_task = True
+    selectable = ("c",)
+    loss_name = "si"
+
+    def __init__(self, c: float = 1000.0, xi: float = 0.1):
+        self.c = number("c", c, "≥ 0", lambda v: v >= 0)
+        self.xi = number("xi", xi, "> 0", lambda v: v > 0)
+        self.term: Quadratic | None = None  # Ω (its `fisher`) and θ* (its `center`)
+        self.omega: dict[str, Tensor] = {}  # ω of the task being trained
+        self.start: dict[str, Tensor] = {}  # θ at its start
+        self.previous: dict[str, Tensor] = {}  # θ before the step
+        self.grad: dict[str, Tensor] = {}  # g of the step, from after_backward to after_step
+
+    def before_task(self, ctx: TrainContext) -> None:
+        params = trainable_parameters(ctx.model)
+        self.start = {name: p.detach().clone() for name, p in params.items()}
+        self.previous = {name: p.detach().clone() for name, p in params.items()}
+        self.omega = {name: torch.zeros_like(p) for name, p in params.items()}
+
+    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        if self.term is None:
+            return {}
+        return {self.loss_name: self.c * self.term.value(dict(ctx.model.named_parameters()))}
+
+    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+        """g = the step's gradient less the penalty's, 2c·Ω·(θ − θ*) on each stored block."""
+        grads = {}
+        for name, p in trainable_parameters(model).items():
+            if p.grad is None:
+                continue
+            g = p.grad.detach().clone()
+            if self.term is not None and name in self.term.fisher:
+                omega, center = self.term.fisher[name], self.term.center[name]
+                block = leading_block(g, omega.shape)
+                block.sub_(2 * self.c * omega * (leading_block(p.detach(), omega.shape) - center))
+            grads[name] = g
+        self.grad = grads
+
+    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
+        """ω += −g·Δθ over the step just taken."""
+        params = trainable_parameters(model)
+        for name, g in self.grad.items():
+            theta = params[name].detach()
+            self.omega[name].sub_(g * (theta - self.previous[name]))
+            self.previous[name].copy_(theta)
+        self.grad = {}
+
+    def after_task(self, ctx: TrainContext) -> None:
+        """Ω += ω / ((θ − θ_start)² + ξ), θ* ← θ; ω, θ_start are dropped until the next task starts."""
+        params = trainable_parameters(ctx.model)
+        importance = {
+            name: omega / ((params[name].detach() - self.start[name]).square() + self.xi)
+            for name, omega in self.omega.items()
+        }
+        new = Quadratic(importance, {name: params[name].detach().clone() for name in importance})
+        self.term = new if self.term is None else self.term.reanchored(new)
+        self.omega, self.start, self.previous = {}, {}, {}
+
+    def state_dict(self) -> dict:
+        return {
+            "terms": [] if self.term is None else [self.term.state()],
+            "omega": self.omega,
+            "start": self.start,
+            "previous": self.previous,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.term = None
+        for t in state["terms"]:
+            self.term = Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"]))
+        self.omega, self.start, self.previous = dict(state["omega"]), dict(state["start"]), dict(state["previous"])

@@ -1,0 +1,160 @@
+"""The step's hooks (order, and no call for a hook a method does not define) and Synaptic Intelligence:
+its path integral, importance and penalty against the paper's formulas, task A, and a run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from cl_bench.engine.scenario import Scenario
+from cl_bench.methods.base import Batch, Method, TrainContext, defined_hook
+from cl_bench.methods.baseline import Baseline
+from cl_bench.methods.si import SI
+from tests.engine.test_trainer_parts import make_trainer
+from tests.helpers.config import TINY
+from tests.helpers.harness import random_tasks, seeded_mlp, start_task
+from tests.helpers.runs import tiny_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Recording(Method):
+    """Records every hook call; checks that backward ran before after_backward and the step before after_step."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.before_step: list[torch.Tensor] = []
+
+    def before_task(self, ctx: TrainContext) -> None:
+        self.calls.append("before_task")
+
+    def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
+        self.calls.append("extend_batch")
+        return batch
+
+    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls.append("loss_terms")
+        return {}
+
+    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+        assert all(p.grad is not None for p in model.parameters())  # backward ran (zero_grad sets None)
+        self.before_step = [p.detach().clone() for p in model.parameters()]
+        self.calls.append("after_backward")
+
+    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
+        assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), self.before_step))  # the step ran
+        self.calls.append("after_step")
+
+    def after_task(self, ctx: TrainContext) -> None:
+        self.calls.append("after_task")
+
+
+def test_hooks_are_called_in_the_documented_order(make_config):
+    trainer = make_trainer(make_config(TINY, "first_task.steps=3", "steps=2", "eval_every=100"), [])
+    trainer.method = recording = Recording()
+    trainer.run()
+    step = ["extend_batch", "loss_terms", "after_backward", "after_step"]
+    task = lambda n: ["before_task", *step * n, "after_task"]
+    assert recording.calls == task(3) + task(2)
+
+
+def test_a_hook_a_method_does_not_define_is_not_called(make_config, monkeypatch):
+    assert defined_hook(Baseline(), "after_backward") is None and defined_hook(Baseline(), "after_step") is None
+    assert defined_hook(SI(), "after_backward") is not None and defined_hook(SI(), "after_step") is not None
+
+    def never(self, ctx, model):
+        raise AssertionError("called a hook the method does not define")
+
+    monkeypatch.setattr(Method, "after_backward", never)
+    monkeypatch.setattr(Method, "after_step", never)
+    trainer = make_trainer(make_config(TINY, "first_task.steps=3", "steps=2", "eval_every=100"), [])
+    trainer.run()
+    assert trainer.global_step == 5
+
+
+class Steps:
+    """SGD with momentum on tensor tasks, as the trainer steps, recording each step's task-loss gradient
+    (its own backward pass) and parameter change."""
+
+    def __init__(self, si: SI, scenario: str = "domain"):
+        self.tasks = random_tasks(2, (3,), 2, n=12, seed=0)
+        self.scenario = Scenario(scenario, [2, 2])
+        self.model = seeded_mlp((3,), self.scenario.n_outputs(0), [4], dtype=torch.float64)
+        self.si = si
+
+    def task(self, task_idx: int, steps: int) -> tuple[TrainContext, list[dict[str, torch.Tensor]]]:
+        """Train `steps` steps of task `task_idx`: its context and, per step, −g·Δθ by parameter name."""
+        ctx = start_task(self.model, self.tasks, self.scenario, task_idx, self.si)
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        split, products = self.tasks[task_idx].train, []
+        for step in range(steps):
+            rows = torch.arange(4 * step, 4 * step + 4) % len(split)
+            x, y = split.x[rows], split.y[rows]
+            batch = Batch(x, y, torch.full((4,), task_idx), rows)
+            logits = self.model(x)
+            task_loss = self.scenario.loss(logits, y, batch.task_ids)
+            params = dict(self.model.named_parameters())
+            g = dict(zip(params, torch.autograd.grad(task_loss, list(params.values()), retain_graph=True)))
+            before = {name: p.detach().clone() for name, p in params.items()}
+            loss = task_loss + sum(self.si.loss_terms(ctx, batch, logits).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.si.after_backward(ctx, self.model)
+            optimizer.step()
+            self.si.after_step(ctx, self.model)
+            products.append({name: -g[name] * (p.detach() - before[name]) for name, p in params.items()})
+        return ctx, products
+
+
+@pytest.mark.parametrize("task_idx", [0, 1])  # without, then with the penalty of task 0 in the step's gradient
+def test_omega_is_the_path_integral_of_the_task_loss_gradient(task_idx):
+    steps = Steps(SI(c=5.0))
+    if task_idx == 1:
+        ctx, _ = steps.task(0, 3)
+        steps.si.after_task(ctx)
+    _, products = steps.task(task_idx, 4)
+    for name, omega in steps.si.omega.items():
+        assert torch.allclose(omega, sum(p[name] for p in products), rtol=1e-9, atol=1e-15), name
+
+
+def test_importance_at_the_task_end_and_the_penalty_follow_the_formulas():
+    c, xi = 2.0, 0.05
+    steps = Steps(SI(c=c, xi=xi), scenario="class")  # the head grows at task 1: its new rows carry no Ω
+    start = {name: p.detach().clone() for name, p in steps.model.named_parameters()}
+    ctx, products = steps.task(0, 5)
+    omega = {name: sum(p[name] for p in products) for name in start}
+    end = {name: p.detach().clone() for name, p in steps.model.named_parameters()}
+    steps.si.after_task(ctx)
+    importance = {name: omega[name] / ((end[name] - start[name]) ** 2 + xi) for name in start}
+    for name in start:
+        assert torch.allclose(steps.si.term.fisher[name], importance[name], rtol=1e-9, atol=1e-15)
+        assert torch.equal(steps.si.term.center[name], end[name])
+
+    ctx, products = steps.task(1, 3)
+    params = dict(steps.model.named_parameters())
+    rows = lambda name: tuple(slice(0, n) for n in end[name].shape)
+    expected = c * sum((importance[n] * (params[n][rows(n)] - end[n]) ** 2).sum() for n in params)
+    assert params["head.weight"].shape[0] == 4 and end["head.weight"].shape[0] == 2
+    assert torch.allclose(steps.si.loss_terms(ctx, None, None)["si"], expected, rtol=1e-10)
+
+    # the next task's end adds its Ω to the old one's on the old rows, θ* ← θ
+    steps.si.after_task(ctx)
+    for name in start:
+        theta, block = params[name].detach(), rows(name)
+        added = sum(p[name] for p in products)[block] / ((theta[block] - end[name]) ** 2 + xi)
+        assert torch.allclose(steps.si.term.fisher[name][block], importance[name] + added, rtol=1e-9, atol=1e-15)
+        assert torch.equal(steps.si.term.center[name], theta)
+
+
+def test_si_trains_task_a_itself_and_forgets_less_than_the_baseline(tmp_path):
+    baseline, baseline_dir = tiny_run(tmp_path, "method=baseline", name="baseline")  # fills the task-A cache
+    si, si_dir = tiny_run(tmp_path, "method=si", "method.c=1000", name="si")
+    assert si["status"] == "ok", si.get("error")
+    assert si["first_task_cached"] is False  # its path integral must run on task A
+    task_a = lambda d: pd.read_json(d / "metrics.jsonl", lines=True).query("task == 0")
+    a, si_a = task_a(baseline_dir), task_a(si_dir)
+    pd.testing.assert_frame_equal(si_a[a.columns], a)  # no penalty on A: trained as the baseline
+    assert si_a["loss/si"].isna().all()
+    assert si["forgetting"]["A"] < baseline["forgetting"]["A"] / 2
