@@ -8,10 +8,9 @@ from torch import Tensor
 
 from cl_bench.data.task import Task
 from cl_bench.engine.fewer_ops import sum_of
-from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.fisher import LABELS, diagonal_fisher
-from cl_bench.methods.params import choice, count, number, together
+from cl_bench.methods.params import choice, count, number, together, within_tasks
 from cl_bench.methods.quadratic import Quadratic
 
 SCOPES = ("all", "last")
@@ -66,12 +65,7 @@ class EWC(Method):
 
     def check(self, tasks: list[Task]) -> None:
         """Every task whose Fisher a later task uses must hold `fisher_samples` training examples."""
-        for task in tasks[:-1]:
-            if self.fisher_samples is not None and self.fisher_samples > len(task.train):
-                raise ConfigError(
-                    f"method.fisher_samples={self.fisher_samples}: task {task.name!r} has only "
-                    f"{len(task.train)} training examples; choose at most {len(task.train)}"
-                )
+        within_tasks("fisher_samples", self.fisher_samples, tasks)
 
     def importance(self, ctx: TrainContext) -> dict[str, Tensor]:
         """F of the task that just ended, by trainable parameter name (over all of its training

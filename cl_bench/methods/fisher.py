@@ -52,7 +52,7 @@ def diagonal_fisher(
         return diagonal_fisher_loop(model, split, index, task_id, scenario, label, batch_size, generator)
     params = trainable_parameters(model)
     sums = {name: torch.zeros_like(p) for name, p in params.items()}
-    with _eval_mode(model), torch.enable_grad(), squared_grad_sums(model, sums):
+    with eval_mode(model), torch.enable_grad(), squared_grad_sums(model, sums):
         for x, objective in _objectives(model, split, index, task_id, scenario, label, batch_size, uniforms):
             inputs = [x] if x.requires_grad else list(params.values())
             torch.autograd.grad(objective, inputs, retain_graph=True)
@@ -73,7 +73,7 @@ def diagonal_fisher_loop(
     params = trainable_parameters(model)
     sums = {name: torch.zeros_like(p) for name, p in params.items()}
     uniforms = _uniforms(label, len(index), generator)
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         for start in range(0, len(index), batch_size):
             x, y = split.gather(index[start : start + batch_size])
             for i in range(len(y)):
@@ -89,12 +89,12 @@ def diagonal_fisher_loop(
 
 def _probe_agrees(model: nn.Module, split: Split, index: Tensor) -> bool:
     """Whether the hooks give autograd's squared gradient on the example `index` (in eval mode)."""
-    with _eval_mode(model):
+    with eval_mode(model):
         return hooks_agree(model, split.gather(index)[0])
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode (frozen BatchNorm statistics, no dropout), restoring every module's mode after."""
     modes = {module: module.training for module in model.modules()}
     model.eval()

@@ -46,3 +46,14 @@ def together(ok: bool, key: str, value: object, need: str) -> None:
     """A value that works only with some values of the other parameters; `need` says which."""
     if not ok:
         raise ConfigError(f"method.{key}={value}: {need}")
+
+
+def within_tasks(key: str, samples: int | None, tasks: list) -> None:
+    """`samples` examples (None: all) fit in the training split of every task whose importance a later
+    task uses (all but the last)."""
+    for task in tasks[:-1]:
+        if samples is not None and samples > len(task.train):
+            raise ConfigError(
+                f"method.{key}={samples}: task {task.name!r} has only {len(task.train)} training examples; "
+                f"choose at most {len(task.train)}"
+            )
