@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 
 
@@ -43,11 +44,16 @@ def exit_message(config: DictConfig, statuses: Counter) -> str | None:
 
 
 class SweepCallback(Callback):
-    """A multirun's start and end: a re-run into an existing sweep folder is checked before any job
-    starts; at the end the Score table is written and printed (and logged to W&B with
+    """A multirun's start and end: a SLURM sweep gets the launcher that follows its jobs
+    (cl_bench.cli.slurm_launcher, imported only then); a re-run into an existing sweep folder is checked
+    before any job starts; at the end the Score table is written and printed (and logged to W&B with
     `logger=wandb`), then the command exits non-zero if the sweep did not complete."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.launcher._target_") == SLURM_LAUNCHER:
+            from cl_bench.cli.slurm_launcher import use_for_slurm_multiruns  # submitit: only for SLURM sweeps
+
+            use_for_slurm_multiruns()
         from cl_bench.cli.sweep_check import refused_jobs
 
         refused = refused_jobs(config)

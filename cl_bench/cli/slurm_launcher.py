@@ -34,9 +34,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.experimental.callback import Callback
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import OmegaConf, open_dict, read_write
+
+from cl_bench.cli.callbacks import SLURM_LAUNCHER
 
 POLL_S = 1.0  # result files are looked for every second (as submitit does)
 SQUEUE_EVERY_S = (2.0, 15.0)  # squeue: every 2 s at first, slowing down to every 15 s while nothing changes
@@ -49,7 +50,6 @@ FAILED_SCORE = 0.0
 # squeue states of a job that will not run again (a requeued job is PENDING, REQUEUED or COMPLETING meanwhile).
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "REVOKED"}
-HYDRA_SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 GONE = "GONE"  # no longer listed by squeue: ended (SLURM forgets a job MinJobAge after its end)
 
 
@@ -309,12 +309,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=FAILED_SCORE)
 
 
-class FollowSlurmJobs(Callback):
-    """conf/config.yaml's `slurm` callback: a multirun through Hydra's SLURM launcher (`hydra/launcher=slurm`)
-    is launched by this module's SlurmLauncher, the same class with a launch() that follows its jobs. Hydra
-    makes plugins only of its `hydra_plugins` package, by class name, so the class that name stands for is
-    replaced in Hydra's plugin registry before the launcher is made (callbacks start before the sweeper)."""
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        if OmegaConf.select(config, "hydra.launcher._target_") == HYDRA_SLURM_LAUNCHER:
-            Plugins.instance().class_name_to_class[HYDRA_SLURM_LAUNCHER] = SlurmLauncher
+def use_for_slurm_multiruns() -> None:
+    """Make `hydra/launcher=slurm` launch with this module's SlurmLauncher (the same class with a launch()
+    that follows its jobs). Hydra makes plugins only of its `hydra_plugins` package, by class name, so the
+    class that name stands for is replaced in Hydra's plugin registry before the launcher is made
+    (callbacks start before the sweeper)."""
+    Plugins.instance().class_name_to_class[SLURM_LAUNCHER] = SlurmLauncher
