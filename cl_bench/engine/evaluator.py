@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from cl_bench.data.task import Task
 from cl_bench.engine.evaluation import accuracies
 from cl_bench.engine.scenario import Scenario
+from cl_bench.methods.base import Method
 from cl_bench.results.metrics import in_score_window, new_peak
 
 Accuracies = dict[str, list[float]]  # every task's accuracy, by accuracy kind (evaluation.py)
@@ -55,12 +56,14 @@ class Evaluator:
         batch_size: int,
         autocast: torch.autocast | contextlib.nullcontext,
         accuracy: str,
+        method: Method,
     ):
         self.tasks = tasks
         self.scenario = scenario
         self.batch_size = batch_size
         self.autocast = autocast
         self.accuracy = accuracy
+        self.method = method  # its `predictor` and `prediction_state` (methods/base.py)
         self.cache = EvaluationCache()
         self.last_val: Accuracies = {}
         self.best: tuple[float, dict[str, Tensor]] | None = None

@@ -97,7 +97,7 @@ class Trainer:
         self.sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # loss sums (MPS has no float64)
         self.sampler_generator = torch.Generator().manual_seed(settings.seed)
         self.method_generator = torch.Generator().manual_seed(settings.seed + 1)
-        self.evaluator = Evaluator(tasks, scenario, settings.eval_batch_size, self.autocast, settings.accuracy)
+        self.evaluator = Evaluator(tasks, scenario, settings.eval_batch_size, self.autocast, settings.accuracy, method)
         self.result = SequenceResult()
         self.global_step = 0
         self.rows_logged = 0

@@ -66,6 +66,10 @@ class Method:
     # True: at every task after the first the trainer re-initialises the model and starts a new
     # optimiser before `before_task` (a fresh model per task, e.g. the tutorial's multi-task model).
     restart_model = False
+    # Where this method's `after_backward` runs when several methods edit the gradient (methods/compose.py):
+    # 0 adds gradient terms (closed-form penalty gradients), 1 projects the gradient (A-GEM), so that a
+    # projection sees the gradient the optimiser will take.
+    gradient_edit_order = 0
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         """The data the current task is trained on: by default its own training split."""
@@ -100,6 +104,17 @@ class Method:
     def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
         """After the optimiser step (e.g. a path integral over the update). Called only if the method
         overrides it (`defined_hook`)."""
+
+    def prediction_state(self) -> dict[str, Tensor]:
+        """Tensors besides the model's weights that `predictor` depends on (e.g. iCaRL's exemplars): the
+        evaluation cache and the Score's best-point snapshot key on them too."""
+        return {}
+
+    def predictor(self, model: nn.Module, state: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        """The function from a batch of inputs to one score per output unit, whose argmax is the prediction at
+        evaluation, for a `prediction_state()` snapshot `state`: by default the model's logits. Called once
+        per evaluation, and only if the method overrides it (`defined_hook`)."""
+        return model
 
     def after_task(self, ctx: TrainContext) -> None:
         """Called when the task's training budget is spent."""

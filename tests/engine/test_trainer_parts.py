@@ -139,7 +139,7 @@ def test_the_evaluator_evaluates_a_model_state_once_and_keeps_the_best_points_te
         return compute(model, tasks, split, *args)
 
     monkeypatch.setattr(evaluator_module, "accuracies", counted)
-    evaluator = Evaluator(trainer.tasks, trainer.scenario, 1024, contextlib.nullcontext(), "scenario")
+    evaluator = Evaluator(trainer.tasks, trainer.scenario, 1024, contextlib.nullcontext(), "scenario", trainer.method)
     last = len(trainer.tasks) - 1
     val = evaluator.val(trainer.model, last)
     assert evaluator.val(trainer.model, last) == val
@@ -147,7 +147,7 @@ def test_the_evaluator_evaluates_a_model_state_once_and_keeps_the_best_points_te
     test = evaluator.test(trainer.model)
     assert evaluator.best_test(trainer.model) == test and calls == ["val", "test"]
     state = evaluator.state_dict()
-    again = Evaluator(trainer.tasks, trainer.scenario, 1024, contextlib.nullcontext(), "scenario")
+    again = Evaluator(trainer.tasks, trainer.scenario, 1024, contextlib.nullcontext(), "scenario", trainer.method)
     again.load_state_dict(state)
     assert again.last_val == val and again.best == evaluator.best
     assert again.best_test(trainer.model) == test and calls == ["val", "test", "test"]  # not held: evaluated
