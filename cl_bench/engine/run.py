@@ -159,7 +159,7 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> None:
 
 def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, clock: WallClock) -> None:
     """Build everything from `cfg` and train the sequence, resuming from the run's last checkpoint."""
-    method = build_method(cfg.method)  # its settings are checked here, before any data is read
+    method = build_method(cfg.method, cfg.scenario)  # its settings are checked here, before any data is read
     bind(run_dir, cfg)  # the folder is this config's from now on
     torch.manual_seed(cfg.seed)
     if cfg.threads:

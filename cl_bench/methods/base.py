@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cl_bench.data.task import Split, Task
-from cl_bench.engine.scenario import Scenario
+from cl_bench.engine.scenario import SCENARIOS, Scenario
 
 
 @dataclass
@@ -70,6 +70,9 @@ class Method:
     # 0 adds gradient terms (closed-form penalty gradients), 1 projects the gradient (A-GEM), so that a
     # projection sees the gradient the optimiser will take.
     gradient_edit_order = 0
+    # The scenarios (engine/scenario.py) the method is defined in; a run in another is refused before
+    # anything is built (methods/build.py), e.g. iCaRL's nearest-mean classifier outside class-IL.
+    scenarios: tuple[str, ...] = SCENARIOS
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         """The data the current task is trained on: by default its own training split."""

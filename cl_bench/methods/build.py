@@ -16,9 +16,10 @@ from cl_bench.methods.base import Method
 RUN_KEYS = ("label", "lr")
 
 
-def build_method(node: DictConfig) -> Method:
+def build_method(node: DictConfig, scenario: str) -> Method:
     """Instantiate `node._target_` with the node's keys but RUN_KEYS; `lambda` becomes `lambda_`. A key
-    the method does not take is a ConfigError naming it, as is a value its constructor refuses (methods/params.py)."""
+    the method does not take is a ConfigError naming it, as is a value its constructor refuses (methods/params.py),
+    and a `scenario` the method is not defined in."""
     params = OmegaConf.to_container(node, resolve=True)
     cls = get_class(params.pop("_target_"))
     for key in RUN_KEYS:
@@ -34,4 +35,9 @@ def build_method(node: DictConfig) -> Method:
     method = cls(**params)
     if not isinstance(method, Method):
         raise TypeError(f"method._target_={cls.__name__} is not a cl_bench Method")
+    if scenario not in method.scenarios:
+        raise ConfigError(
+            f"scenario={scenario}: {cls.__name__} is defined only in {' and '.join(method.scenarios)}-IL "
+            f"(choose scenario={method.scenarios[0]} or another method)"
+        )
     return method

@@ -33,7 +33,7 @@ def make_trainer(cfg: DictConfig, rows: list[dict]) -> Trainer:
     tasks = build_task_sequence(cfg.dataset, cfg.task_order, cfg.seed)
     scenario = Scenario(cfg.scenario, [task.n_classes for task in tasks])
     model = instantiate(cfg.model, input_shape=tasks[0].input_shape, n_outputs=scenario.n_outputs(0))
-    method = build_method(cfg.method)
+    method = build_method(cfg.method, cfg.scenario)
     return Trainer(trainer_settings(cfg), tasks, model, method, scenario, torch.device("cpu"), rows.append)
 
 

@@ -95,12 +95,12 @@ def method_parameters() -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize("method, key, value", method_parameters())
 def test_every_method_parameter_refuses_a_bad_value(make_config, method, key, value):
     with pytest.raises(ConfigError, match=f"^method.{key}=.*{value}"):
-        build_method(make_config(f"method={method}", f"method.{key}={value}").method)
+        build_method(make_config(f"method={method}", f"method.{key}={value}").method, "domain")
 
 
 def test_a_method_without_parameters_says_so(make_config):
     with pytest.raises(ConfigError) as error:
-        build_method(make_config("+method.lamda=1").method)
+        build_method(make_config("+method.lamda=1").method, "domain")
     assert str(error.value) == "method.lamda: Baseline takes no such parameter (it takes no parameters)"
 
 

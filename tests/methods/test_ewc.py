@@ -262,6 +262,6 @@ def test_invalid_arguments_name_their_key(kwargs, message):
 @pytest.mark.parametrize("name, cls", [("ewc", EWC), ("l2", L2)])
 def test_presets_build_with_their_defaults(name, cls):
     node = OmegaConf.load(CONFIG_DIR / "method" / f"{name}.yaml")
-    method = build_method(node)
+    method = build_method(node, "domain")
     assert type(method) is cls and method.lambda_ == float(node["lambda"])
     assert name != "ewc" or method.fisher_label == "empirical"
