@@ -1,28 +1,36 @@
-"""What the methods cost: a training step of EWC and KD (recorded vs live teacher) against the
-baseline's on the same work, the diagonal Fisher (batched hooks vs the per-sample loop), and the EWC
-penalty's per-step cost as earlier tasks accumulate (separate terms vs online running sums).
+"""What the methods cost: a training step of EWC (separate and online), L2, KD (recorded and live
+teacher) and replay against the baseline's on the same work, in domain-IL and in task-IL with 5 tasks
+(`steps`); KD's step in task-IL with 10 and 20 old tasks (`kd_groups`); the diagonal Fisher (batched
+hooks vs the per-sample loop, `fisher`); and the EWC penalty's per-step cost as earlier tasks
+accumulate (separate terms vs online running sums, `penalty`). One torch thread by default.
 
-    python benchmarks/methods.py [--samples 1000] [--batch-size 128] [--chunk 250] [--max-tasks 10] [--threads 2]
+    python benchmarks/methods.py [--parts steps kd_groups fisher penalty] [--steps 20] [--rounds 7] [--threads 1]
+        [--samples 1000] [--batch-size 128] [--chunk 250] [--max-tasks 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import operator
 import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import reduce
 
 import torch
 from torch import nn
 
 from cl_bench.data.task import Task, TensorSplit
 from cl_bench.engine.scenario import Scenario
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.base import Batch, Method, TrainContext, defined_hook
 from cl_bench.methods.baseline import Baseline
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.fisher import diagonal_fisher, diagonal_fisher_loop
 from cl_bench.methods.kd import KD
+from cl_bench.methods.l2 import L2
+from cl_bench.methods.replay import Replay
+from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
 from cl_bench.models.resnet import resnet18
 
@@ -39,63 +47,101 @@ def random_split(n: int, shape: tuple[int, ...]) -> TensorSplit:
 
 STEP_METHODS: dict[str, Callable[[], Method]] = {
     "baseline": Baseline,
-    "ewc (separate)": lambda: EWC(lambda_=100.0, fisher_samples=1000),
-    "ewc (online)": lambda: EWC(lambda_=100.0, fisher_samples=1000, mode="online"),
+    "ewc (separate)": lambda: EWC(lambda_=100.0, fisher_samples=200),
+    "ewc (online)": lambda: EWC(lambda_=100.0, fisher_samples=200, mode="online"),
+    "l2": lambda: L2(lambda_=0.1),
     "kd (recorded teacher)": lambda: KD(teacher="recorded"),
     "kd (live teacher)": lambda: KD(teacher="live"),
+    "replay": lambda: Replay(memory_size=200),
 }
+# (scenario, tasks, classes per task): the step timed is one of the last task's.
+STEP_SCENARIOS = {"domain-IL, 2 tasks": ("domain", 2, 10), "task-IL, 5 tasks": ("task", 5, 2)}
+# KD's old-task groups: task-IL with many old tasks, where a per-group loop would show.
+KD_SCENARIOS = {"task-IL, 10 old tasks": ("task", 11, 2), "task-IL, 20 old tasks": ("task", 21, 2)}
+KD_METHODS = {name: STEP_METHODS[name] for name in ("baseline", "kd (recorded teacher)", "kd (live teacher)")}
 
 
-def prepared_step(name: str, make: Callable[[], Method], batch_size: int) -> tuple[Callable[[], None], float]:
-    """A training step of the second task under the method made by `make`, exactly as the trainer
-    takes it (forward, task loss, method terms, backward, SGD step), and the seconds the method's
-    one-off work between the tasks took (EWC's Fisher, KD's recorded teacher outputs)."""
+def prepared_step(
+    name: str, make: Callable[[], Method], batch_size: int, scenario_name: str, n_tasks: int, n_classes: int
+) -> Callable[[], None]:
+    """A training step of the last task under the method made by `make`, exactly as the trainer takes it
+    (extend_batch, forward, task loss, method terms, backward, after_backward, SGD step with momentum,
+    after_step, the loss terms' running sums), every earlier task having ended (its `after_task`)
+    after a random move of the parameters."""
     build, shape = MODELS[name]
     torch.manual_seed(0)
-    model, split = build(), random_split(10_000, shape)
-    tasks = [Task(f"t{t}", split, split, split, [str(c) for c in range(10)], shape) for t in range(2)]
-    scenario, method, generator = Scenario("domain", [10, 10]), make(), torch.Generator().manual_seed(0)
-    started = time.perf_counter()
-    method.after_task(TrainContext(model, tasks, scenario, 0, torch.device("cpu"), generator, batch_size))
-    ctx = TrainContext(model, tasks, scenario, 1, torch.device("cpu"), generator, batch_size)
-    method.before_task(ctx)
-    one_off = time.perf_counter() - started
+    g = torch.Generator().manual_seed(0)
+    split = TensorSplit(torch.randn(2000, *shape, generator=g), torch.randint(0, n_classes, (2000,), generator=g))
+    tasks = [Task(f"t{t}", split, split, split, [str(c) for c in range(n_classes)], shape) for t in range(n_tasks)]
+    scenario, method, generator = Scenario(scenario_name, [n_classes] * n_tasks), make(), torch.Generator().manual_seed(0)
+    model = build()
+    model.head = nn.Linear(model.head.in_features, scenario.n_outputs(0))  # the first task's head
+    cpu = torch.device("cpu")
+    for t in range(n_tasks):
+        grow_head(model, scenario.n_outputs(t))
+        ctx = TrainContext(model, tasks, scenario, t, cpu, generator, batch_size)
+        method.before_task(ctx)
+        if t < n_tasks - 1:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+            method.after_task(ctx)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    after_backward, after_step = defined_hook(method, "after_backward"), defined_hook(method, "after_step")
+    task_ids = torch.full((len(split),), n_tasks - 1)
+    weight = method.task_loss_weight(ctx)
+    sums: dict[str, torch.Tensor] = {}
     model.train()
 
     def step() -> None:
         index = torch.randint(0, len(split), (batch_size,), generator=generator)
         x, y = split.gather(index)
-        batch = method.extend_batch(ctx, Batch(x, y, torch.ones_like(y), index))
+        batch = method.extend_batch(ctx, Batch(x, y, task_ids.index_select(0, index), index))
         logits = model(batch.x)
-        loss = scenario.loss(logits, batch.y, batch.task_ids)
-        for term in method.loss_terms(ctx, batch, logits).values():
-            loss = loss + term
+        own = len(y)
+        task_loss = scenario.loss(logits[:own], batch.y[:own], batch.task_ids[:own])
+        terms = {"task": task_loss if weight == 1 else weight * task_loss}
+        terms.update(method.loss_terms(ctx, batch, logits))
+        loss = reduce(operator.add, terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward(ctx, model)
         optimizer.step()
+        if after_step is not None:
+            after_step(ctx, model)
+        terms["total"] = loss
+        for key, value in terms.items():
+            sums[key] = sums[key] + value.detach() if key in sums else value.detach().to(torch.float64)
 
-    return step, one_off
+    return step
 
 
-def bench_steps(name: str, batch_size: int, steps: int, rounds: int = 5) -> None:
-    """Per-step time of each method, in interleaved rounds (the machine is shared), as a ratio to
-    the baseline's; one-off costs between the tasks listed beside it."""
-    prepared = {method: prepared_step(name, make, batch_size) for method, make in STEP_METHODS.items()}
-    times: dict[str, list[float]] = {method: [] for method in prepared}
-    for _ in range(rounds):
-        for method, (step, _) in prepared.items():
-            step()
-            started = time.perf_counter()
-            for _ in range(steps):
+def bench_steps(
+    name: str, batch_size: int, steps: int, rounds: int = 7, scenarios: dict = STEP_SCENARIOS,
+    methods: dict[str, Callable[[], Method]] = STEP_METHODS,
+) -> None:
+    """Per-step time of each method in each scenario, in interleaved rounds (the machine is shared), as
+    a ratio to the baseline's in the same scenario (medians over rounds)."""
+    for label, (scenario_name, n_tasks, n_classes) in scenarios.items():
+        prepared = {
+            method: prepared_step(name, make, batch_size, scenario_name, n_tasks, n_classes)
+            for method, make in methods.items()
+        }
+        times: dict[str, list[float]] = {method: [] for method in prepared}
+        for _ in range(rounds):
+            for method, step in prepared.items():
                 step()
-            times[method].append((time.perf_counter() - started) / steps)
-    base = statistics.median(times["baseline"])
-    print(f"{name}: a training step of task 2, batch {batch_size} (medians of {rounds} interleaved rounds)")
-    print("  method                  ms/step   vs baseline   one-off before task 2 (s)")
-    for method, (_, one_off) in prepared.items():
-        ms = statistics.median(times[method])
-        print(f"  {method:22s} {1e3 * ms:8.2f}   {ms / base:9.2f}x   {one_off:8.2f}")
+                started = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                times[method].append((time.perf_counter() - started) / steps)
+        base = statistics.median(times["baseline"])
+        print(f"{name}, {label}: a step of the last task, batch {batch_size} (medians of {rounds} interleaved rounds)")
+        print("  method                  ms/step   vs baseline")
+        for method in prepared:
+            ms = statistics.median(times[method])
+            print(f"  {method:22s} {1e3 * ms:8.2f}   {ms / base:9.2f}x")
 
 
 def bench_fisher(name: str, samples: int, batch_size: int, chunk: int) -> None:
@@ -123,12 +169,15 @@ def bench_fisher(name: str, samples: int, batch_size: int, chunk: int) -> None:
 
 
 def penalty_step_seconds(method: EWC, ctx: TrainContext, repeats: int = 15) -> float:
-    """Median time of the penalty's share of a step: its value and its backward pass."""
+    """Median time of the penalty's share of a step: its value (`loss_terms`) and its gradient added to the
+    gradients after backward (`after_backward`)."""
+    for p in ctx.model.parameters():
+        p.grad = torch.zeros_like(p)
     times = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
-        term = method.loss_terms(ctx, None, None)["ewc"]
-        term.backward()
+        method.loss_terms(ctx, None, None)
+        method.after_backward(ctx, ctx.model)
         times.append(time.perf_counter() - started)
     ctx.model.zero_grad(set_to_none=True)
     return statistics.median(times[1:])
@@ -141,7 +190,7 @@ def bench_penalty(name: str, max_tasks: int) -> None:
     scenario = Scenario("domain", [10] * len(tasks))
     methods = {mode: EWC(fisher_samples=8, mode=mode) for mode in ("separate", "online")}
     generator = torch.Generator().manual_seed(0)
-    print(f"{name}: penalty + its backward per step (ms), {sum(p.numel() for p in model.parameters()):,} parameters")
+    print(f"{name}: penalty value + gradient per step (ms), {sum(p.numel() for p in model.parameters()):,} parameters")
     print("  earlier tasks   separate   online")
     for t in range(max_tasks):
         ctx = TrainContext(model, tasks, scenario, t, torch.device("cpu"), generator, 8)
@@ -156,23 +205,31 @@ def bench_penalty(name: str, max_tasks: int) -> None:
             print(f"  {t + 1:13d}   {ms['separate']:8.2f}   {ms['online']:6.2f}")
 
 
+PARTS = ("steps", "kd_groups", "fisher", "penalty")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=250, help="examples per alternation of fast and loop")
     parser.add_argument("--max-tasks", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 resists other processes' load)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 resists other processes' load)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="tables to print")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the step-cost table")
     parser.add_argument("--step-batch-size", type=int, default=128, help="training batch of the step-cost table")
     parser.add_argument("--steps", type=int, default=20, help="steps per round of the step-cost table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
-    bench_steps("MLP 784-400-400-10", args.step_batch_size, args.steps)
-    for name in MODELS:
+    if "steps" in args.parts:
+        bench_steps("MLP 784-400-400-10", args.step_batch_size, args.steps, args.rounds)
+    if "kd_groups" in args.parts:
+        bench_steps("MLP 784-400-400-10", args.step_batch_size, args.steps, args.rounds, KD_SCENARIOS, KD_METHODS)
+    for name in MODELS if "fisher" in args.parts else ():
         bench_fisher(name, args.samples, args.batch_size, args.chunk)
-    for name in MODELS:
+    for name in MODELS if "penalty" in args.parts else ():
         bench_penalty(name, args.max_tasks)
 
 

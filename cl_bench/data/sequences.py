@@ -95,6 +95,27 @@ def split_tasks(
     return tasks
 
 
+def equal_split_tasks(
+    source: LabelledImages,
+    n_tasks: int,
+    name: str,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    class_order: str = "fixed",
+    order_seed: int = 0,
+) -> list[Task]:
+    """`split_tasks` over the source's classes in label order, dealt into `n_tasks` consecutive groups of
+    equal size (split CIFAR-100: 10 tasks of 10 classes, or 20 of 5)."""
+    classes = source.classes
+    if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1 or len(classes) % n_tasks:
+        raise ConfigError(
+            f"dataset.{name}.n_tasks={n_tasks!r}: must divide the {len(classes)} classes into equal tasks"
+        )
+    size = len(classes) // n_tasks
+    splits = [classes[i * size : (i + 1) * size] for i in range(n_tasks)]
+    return split_tasks(source, splits, name, val_fraction, split_seed, class_order, order_seed)
+
+
 def pixel_permutations(n_tasks: int, n_pixels: int, permutation_seed: int) -> list[Tensor | None]:
     """The first task's permutation is the identity (None); the others are seeded random."""
     generator = torch.Generator().manual_seed(permutation_seed)

@@ -1,12 +1,15 @@
-"""Evaluation during training: every task's val and test accuracies of the model, each model state
-evaluated once, and the Score's best point (results/metrics.py): a snapshot of the model there and
-that model's test accuracies."""
+"""Evaluation during training: every task's val and test accuracies of the model, each state evaluated
+once, and the Score's best point (results/metrics.py): a snapshot of the state there and its test
+accuracies. A state is the model's weights and, for a method that replaces the prediction (methods/base.py
+`Method.predictor`, e.g. iCaRL's nearest-mean-of-exemplars), its `prediction_state()`: two evaluations
+share results only if both are equal, and the best point's snapshot holds both."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -14,26 +17,45 @@ from torch import Tensor, nn
 from cl_bench.data.task import Task
 from cl_bench.engine.evaluation import accuracies
 from cl_bench.engine.scenario import Scenario
-from cl_bench.methods.base import Method
+from cl_bench.methods.base import Method, defined_hook
 from cl_bench.results.metrics import in_score_window, new_peak
 
 Accuracies = dict[str, list[float]]  # every task's accuracy, by accuracy kind (evaluation.py)
+NO_PREDICTION_STATE: dict[str, Tensor] = {}  # the prediction state of a method that predicts with the logits
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What an evaluation's results depend on: the model's weights and the method's prediction state."""
+
+    weights: dict[str, Tensor]
+    prediction: dict[str, Tensor]
+
+    @classmethod
+    def copy_of(cls, weights: dict[str, Tensor], prediction: dict[str, Tensor]) -> Snapshot:
+        clone = lambda state: {k: v.detach().clone() for k, v in state.items()}
+        return cls(clone(weights), clone(prediction))
+
+    def holds(self, weights: dict[str, Tensor], prediction: dict[str, Tensor]) -> bool:
+        return same_state(self.weights, weights) and same_state(self.prediction, prediction)
 
 
 class EvaluationCache:
-    """Accuracies of the model state evaluated last, by split. Evaluating an unchanged state again
-    (a task's step 0 right after the previous task's end when the head does not grow; the test
-    split of the Score's model when that model is a task's end) reads them back: evaluation is
-    deterministic, so the values are those a new evaluation would give."""
+    """Accuracies of the state evaluated last, by split. Evaluating an unchanged state again (a task's
+    step 0 right after the previous task's end when the head does not grow; the test split of the
+    Score's model when that model is a task's end) reads them back: evaluation is deterministic, so the
+    values are those a new evaluation would give."""
 
     def __init__(self) -> None:
-        self.state: dict[str, Tensor] | None = None
+        self.state: Snapshot | None = None
         self.results: dict[str, Accuracies] = {}
 
-    def accuracies(self, state: dict[str, Tensor], split: str, compute: Callable[[], Accuracies]) -> Accuracies:
-        """`split`'s accuracies under `state`, computed only if this state's are not held yet."""
-        if self.state is None or not same_state(self.state, state):
-            self.state, self.results = {k: v.detach().clone() for k, v in state.items()}, {}
+    def accuracies(
+        self, weights: dict[str, Tensor], prediction: dict[str, Tensor], split: str, compute: Callable[[], Accuracies]
+    ) -> Accuracies:
+        """`split`'s accuracies under `weights` and `prediction`, computed only if this state's are not held yet."""
+        if self.state is None or not self.state.holds(weights, prediction):
+            self.state, self.results = Snapshot.copy_of(weights, prediction), {}
         if split not in self.results:
             self.results[split] = compute()
         return {kind: list(values) for kind, values in self.results[split].items()}
@@ -45,9 +67,10 @@ def same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 
 
 class Evaluator:
-    """Evaluates models on every task of `tasks` under `autocast`, in batches of `batch_size`, and
-    follows the Score (of the `accuracy` kind) over the val evaluations: `last_val` holds the latest,
-    `best` the peak mean of the Score's window so far and a snapshot of the model there."""
+    """Evaluates models on every task of `tasks` under `autocast`, in batches of `batch_size`, with
+    `method`'s predictor if it defines one (built once per split's evaluation), and follows the Score (of
+    the `accuracy` kind) over the val evaluations: `last_val` holds the latest, `best` the peak mean of
+    the Score's window so far and a snapshot of the state there."""
 
     def __init__(
         self,
@@ -63,15 +86,16 @@ class Evaluator:
         self.batch_size = batch_size
         self.autocast = autocast
         self.accuracy = accuracy
-        self.method = method  # its `predictor` and `prediction_state` (methods/base.py)
+        self.method = method
+        self.predictor = defined_hook(method, "predictor")  # None: the logits, and no prediction state
         self.cache = EvaluationCache()
         self.last_val: Accuracies = {}
-        self.best: tuple[float, dict[str, Tensor]] | None = None
+        self.best: tuple[float, Snapshot] | None = None
         self.best_results: dict[str, Accuracies] = {}  # the cache's results of the best state, by split
 
     def val(self, model: nn.Module, task_idx: int) -> Accuracies:
         """The val accuracies of `model` while training task `task_idx`; a new peak of the Score's
-        window keeps the model's snapshot."""
+        window keeps the state's snapshot."""
         self.last_val = self._accuracies(model, "val")
         if in_score_window(task_idx, len(self.tasks)):
             mean = new_peak(self.last_val[self.accuracy], None if self.best is None else self.best[0])
@@ -85,26 +109,37 @@ class Evaluator:
         return self._accuracies(model, "test")
 
     def best_test(self, model: nn.Module) -> Accuracies:
-        """Test accuracies of the model at the Score's point (those of a task's end when the model
-        did not change from that point to the task's end); `model` lends its architecture."""
+        """Test accuracies of the state at the Score's point (those of a task's end when the state did
+        not change from that point to the task's end): the snapshot's weights in a copy of `model` (which
+        lends its architecture), predicting with the snapshot's prediction state."""
         if "test" in self.best_results:
             return {kind: list(values) for kind, values in self.best_results["test"].items()}
+        snapshot = self.best[1]
         best_model = copy.deepcopy(model)
-        best_model.load_state_dict(self.best[1])
-        return self._accuracies(best_model, "test")
+        best_model.load_state_dict(snapshot.weights)
+        return self._accuracies(best_model, "test", snapshot.prediction)
 
-    def _accuracies(self, model: nn.Module, split: str) -> Accuracies:
+    def _accuracies(self, model: nn.Module, split: str, prediction: dict[str, Tensor] | None = None) -> Accuracies:
+        """`split`'s accuracies of `model` with the method's prediction state `prediction` (default: its current one)."""
+        if prediction is None:
+            prediction = NO_PREDICTION_STATE if self.predictor is None else self.method.prediction_state()
+        build = None if self.predictor is None else lambda: self.predictor(model, prediction)
         with self.autocast:
             return self.cache.accuracies(
-                model.state_dict(), split, lambda: accuracies(model, self.tasks, split, self.scenario, self.batch_size)
+                model.state_dict(), prediction, split,
+                lambda: accuracies(model, self.tasks, split, self.scenario, self.batch_size, build),
             )
 
     def state_dict(self) -> dict:
-        """The latest val accuracies and the best point (its mean and model state)."""
-        best = None if self.best is None else {"mean": self.best[0], "model": self.best[1]}
+        """The latest val accuracies and the best point (its mean, model state and prediction state)."""
+        best = None
+        if self.best is not None:
+            mean, snapshot = self.best
+            best = {"mean": mean, "model": snapshot.weights, "prediction": snapshot.prediction}
         return {"last_val": self.last_val, "best": best}
 
     def load_state_dict(self, state: dict) -> None:
         self.last_val = state["last_val"]
-        self.best = None if state["best"] is None else (state["best"]["mean"], state["best"]["model"])
+        best = state["best"]
+        self.best = None if best is None else (best["mean"], Snapshot(best["model"], best.get("prediction", {})))
         self.best_results = {}

@@ -36,10 +36,11 @@ from cl_bench.engine.run_folder import (
 )
 from cl_bench.engine.scenario import Scenario
 from cl_bench.engine.settings import trainer_settings
+from cl_bench.engine.threads import resolve_threads
 from cl_bench.engine.trainer import IncompatibleState, StopRequested, Trainer
 from cl_bench.engine.validate import check_against_tasks, validate_config
 from cl_bench.errors import one_line
-from cl_bench.methods.build import RUN_KEYS, build_method
+from cl_bench.methods.build import RUN_KEYS, build_methods, method_label
 from cl_bench.models.head import grow_head
 from cl_bench.results.experiment_keys import changes_experiment
 from cl_bench.results.figure_worker import CurveFigure
@@ -64,10 +65,15 @@ def describe(cfg: DictConfig) -> dict:
 
 
 def _description(cfg: DictConfig) -> dict:
-    method = OmegaConf.to_container(cfg.method, resolve=True)
+    nodes = {"method": cfg.method, **(cfg.get("plus") or {})}
+    params = {
+        name: {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("_target_", *RUN_KEYS)}
+        for name, node in nodes.items()
+    }
     return {
-        "method": method.get("label") or method["_target_"].rsplit(".", 1)[-1],
-        "method_params": {k: v for k, v in method.items() if k not in ("_target_", *RUN_KEYS)},
+        "method": method_label(cfg),
+        "method_params": params.pop("method"),
+        **({"plus_params": params} if params else {}),
         "lr": cfg.lr,
         "seed": cfg.seed,
         "scenario": cfg.scenario,
@@ -159,11 +165,13 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> None:
 
 def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, clock: WallClock) -> None:
     """Build everything from `cfg` and train the sequence, resuming from the run's last checkpoint."""
-    method = build_method(cfg.method, cfg.scenario)  # its settings are checked here, before any data is read
+    method = build_methods(cfg)  # its settings are checked here, before any data is read
     bind(run_dir, cfg)  # the folder is this config's from now on
     torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads, summary["threads_source"] = resolve_threads(cfg.threads)
+    if threads:
+        torch.set_num_threads(threads)
+    summary["threads"] = torch.get_num_threads()
     device = resolve_device(cfg.device)
     summary["device"] = device_description(device)
     sequence = build_task_sequence(cfg.dataset, cfg.get("task_order", "fixed"), cfg.seed)

@@ -1,5 +1,6 @@
-"""The one training loop every method runs through: tasks in sequence, steps within a task, an
-evaluation of every task's val split every `eval_every` steps (and at each task's start and end),
+"""The one training loop every method runs through: tasks in sequence, steps within a task (its main
+steps, then the method's stages, e.g. a balanced fine-tuning), an evaluation of every task's val split
+every `eval_every` steps (and at each task's start, at the end of its main steps and of each stage),
 the accuracy-matrix rows at each task's end, and a checkpoint every `checkpoint_every` steps and at
 each task's end. Its parts: the settings (settings.py), evaluation and the Score's best point
 (evaluator.py), the run's saved state (trainer_state.py)."""
@@ -22,11 +23,12 @@ from cl_bench.engine import trainer_state
 from cl_bench.engine.device import forward_autocast
 from cl_bench.engine.evaluation import ROW_PREFIX
 from cl_bench.engine.evaluator import Evaluator
+from cl_bench.engine.optim import set_lr
 from cl_bench.engine.scenario import Scenario
 from cl_bench.engine.sequence_result import SequenceResult
 from cl_bench.engine.settings import TrainerSettings
 from cl_bench.engine.trainer_state import STATE_FORMAT, IncompatibleState  # noqa: F401 (imported from here too)
-from cl_bench.methods.base import Batch, Method, TrainContext, TrainData, defined_hook
+from cl_bench.methods.base import Batch, Method, Stage, TrainContext, TrainData, defined_hook
 from cl_bench.models.head import grow_head, reset_parameters
 
 T = TypeVar("T")
@@ -56,18 +58,33 @@ def index_batches(n: int, batch_size: int, steps: int, generator: torch.Generato
 
 @dataclass
 class TaskRun:
-    """The state of the task being trained."""
+    """The state of the task being trained: its main steps (stage 0), then the method's stages 1, 2, ...
+    `step` counts the task's steps through all of them; `data`, `indices`, `start` and `end` are those of
+    the part being trained (its batches, and the task steps it begins after and ends at)."""
 
     task_idx: int
-    steps: int
+    steps: int  # the main steps
     data: TrainData
     task_weight: float
     indices: list[Tensor]
-    sampler_state: Tensor
+    sampler_state: Tensor  # the sampler state the main steps' batches were drawn from
     step: int = 0
     since: int = 0
     sums: dict[str, Tensor] = field(default_factory=dict)
     nonfinite: Tensor | None = None
+    stage: int = 0
+    stages: list[Stage] | None = None  # known once the main steps end
+    stage_sampler_state: Tensor | None = None  # the sampler state the stage's batches were drawn from
+    start: int = 0
+    end: int = 0
+
+    def __post_init__(self) -> None:
+        self.end = self.end or self.steps
+
+    @property
+    def last_part(self) -> bool:
+        """Whether the part being trained is the task's last (the stages are known and this is the last)."""
+        return self.stages is not None and self.stage == len(self.stages)
 
 
 class Trainer:
@@ -182,16 +199,49 @@ class Trainer:
         return TaskRun(task_idx, steps, data, weight, indices, sampler_state, nonfinite=nonfinite)
 
     def train_task(self, task_idx: int) -> None:
-        """Train task `task_idx` to the end of its budget (continuing a resumed task)."""
+        """Train task `task_idx` to the end of its budget and of the method's stages (continuing a resumed task)."""
         run = self.current if self.current is not None else self.start_task(task_idx)
         ctx = self.context(task_idx)
+        while True:
+            self._train_part(run, ctx)
+            if run.stage > 0:
+                set_lr(self.optimizer, self.settings.lr_of(task_idx))
+            if run.stages is None:  # resumed at the main steps' end
+                run.stages = self.method_stages(ctx)
+            if run.last_part:
+                return
+            self.begin_stage(run, run.stage + 1, self.sampler_generator.get_state())
+
+    def method_stages(self, ctx: TrainContext) -> list[Stage]:
+        """The method's stages of the task (none, without a call, for a method that defines none)."""
+        stages = defined_hook(self.method, "stages")
+        return [] if stages is None else list(stages(ctx))
+
+    def begin_stage(self, run: TaskRun, stage: int, sampler_state: Tensor) -> None:
+        """Make stage `stage` (1, 2, ...) of `run.stages` the part being trained: its data, its batches drawn from
+        `sampler_state`, the task steps it spans, and the optimiser at the task's learning rate × its factor."""
+        spec = run.stages[stage - 1]
+        self.sampler_generator.set_state(sampler_state)
+        indices = list(index_batches(len(spec.data.split), self.settings.batch_size, spec.steps, self.sampler_generator))
+        run.data = TrainData(spec.data.split, spec.data.task_ids.to(self.device))
+        run.indices, run.stage, run.stage_sampler_state = indices, stage, sampler_state
+        run.start = run.steps + sum(s.steps for s in run.stages[: stage - 1])
+        run.end = run.start + spec.steps
+        set_lr(self.optimizer, self.settings.lr_of(run.task_idx) * spec.lr_factor)
+
+    def _train_part(self, run: TaskRun, ctx: TrainContext) -> None:
+        """Train the part of the task `run` is in (its main steps or a stage) to its end."""
+        task_idx = run.task_idx
         self.model.train()
         every, eval_every = self.settings.checkpoint_every, self.settings.eval_every
+        desc = f"task {task_idx} {self.tasks[task_idx].name}"
+        if run.stage > 0:
+            desc += f" {run.stages[run.stage - 1].name}"
         progress = tqdm(
-            total=run.steps, initial=run.step, desc=f"task {task_idx} {self.tasks[task_idx].name}",
+            total=run.end - run.start, initial=run.step - run.start, desc=desc,
             disable=None, mininterval=1.0,
         )
-        remaining = run.indices[run.step :]
+        remaining = run.indices[run.step - run.start :]
         optimizer, task_weight, model = self.optimizer, run.task_weight, self.model
         after_backward, after_step = defined_hook(self.method, "after_backward"), defined_hook(self.method, "after_step")
         started = time.perf_counter()
@@ -217,11 +267,11 @@ class Trainer:
             run.step += 1
             run.since += 1
             self.global_step += 1
-            at_eval = run.step % eval_every == 0 or run.step == run.steps
+            at_eval = run.step % eval_every == 0 or run.step == run.end
             at_checkpoint = bool(every) and self.global_step % every == 0
             if at_eval or at_checkpoint or self.stop_requested:
                 self.result.train_seconds += time.perf_counter() - started
-                progress.update(run.step - progress.n)
+                progress.update(run.step - run.start - progress.n)
                 self._check_finite(run)
                 if at_eval:
                     self.result.train_steps += run.since
@@ -229,7 +279,11 @@ class Trainer:
                     run.sums, run.since = {}, 0
                     self.evaluate(task_idx, run.step, means)
                     self.model.train()
-                if (at_checkpoint and run.step < run.steps) or self.stop_requested:
+                if run.step == run.end and run.stages is None:  # the main steps' end: the stages that follow
+                    run.stages = self.method_stages(ctx)
+                    self.model.train()
+                task_ends = run.step == run.end and run.last_part  # finish_task checkpoints it
+                if (at_checkpoint and not task_ends) or self.stop_requested:
                     self.on_checkpoint(self.state_dict())
                 if self.stop_requested:
                     raise StopRequested(f"stopped at global step {self.global_step}; state checkpointed")

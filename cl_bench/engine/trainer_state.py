@@ -21,7 +21,8 @@ class IncompatibleState(ValueError):
 
 
 # Checkpoints (and task-A cache entries) are read only by a cl_bench that writes this format: 0.2
-# carries the optimiser across tasks by default and renamed EWC's modes; 0.3 files carry a SHA-256.
+# carries the optimiser across tasks by default and renamed EWC's modes; 0.3 files carry a SHA-256. A state
+# saved inside a method's stage (Method.stages) holds the task's `stage` too; one without it is in the main steps.
 STATE_FORMAT = "0.3"
 
 
@@ -46,8 +47,9 @@ def capture(trainer: Trainer) -> dict:
 
 def _task_state(run: TaskRun) -> dict:
     """Where the task being trained is: its step, loss sums since the last evaluation, and the
-    sampler state its batches were drawn from."""
-    return {
+    sampler state its batches were drawn from; inside a method's stage (Method.stages) also the stage
+    and the sampler state of its batches (a task without stages is saved as before stages existed)."""
+    state = {
         "task_idx": run.task_idx,
         "step": run.step,
         "since": run.since,
@@ -55,6 +57,9 @@ def _task_state(run: TaskRun) -> dict:
         "nonfinite": run.nonfinite,
         "sampler_state": run.sampler_state,
     }
+    if run.stage > 0:
+        state.update(stage=run.stage, stage_sampler_state=run.stage_sampler_state)
+    return state
 
 
 def restore(trainer: Trainer, state: dict) -> None:
@@ -73,7 +78,6 @@ def restore(trainer: Trainer, state: dict) -> None:
     trainer.method.load_state_dict(state["method"])
     trainer.result = SequenceResult(**state["result"])
     trainer.evaluator.load_state_dict(state)
-    trainer.method_generator.set_state(state["method_rng"])
     trainer.optimizer = None
     if state["optimizer"] is not None:
         trainer.optimizer = trainer.settings.optimizer.new(trainer.model.parameters(), trainer.settings.lr)
@@ -81,8 +85,12 @@ def restore(trainer: Trainer, state: dict) -> None:
     task = state["task"]
     if task is not None:
         run = trainer.draw_task(task["task_idx"], task["sampler_state"])
+        if task.get("stage", 0) > 0:  # inside a stage: the method returns its stages again (Method.stages)
+            run.stages = trainer.method_stages(trainer.context(run.task_idx))
+            trainer.begin_stage(run, task["stage"], task["stage_sampler_state"])
         run.step, run.since, run.sums = task["step"], task["since"], task["sums"]
         run.nonfinite = task["nonfinite"].to(trainer.device)
         trainer.current = run
+    trainer.method_generator.set_state(state["method_rng"])  # after the hooks above, which may draw from it
     trainer.sampler_generator.set_state(state["sampler_rng"])
     torch.set_rng_state(state["rng"])

@@ -134,6 +134,7 @@ def _finite(cfg: DictConfig) -> None:
     names each with its own rule (build_method, right after this check)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("method", None)
+    resolved.pop("plus", None)
     found = next(_nonfinite_keys(resolved), None)
     if found:
         raise ConfigError(f"{found[0]}={found[1]}: must be a finite number")
@@ -245,8 +246,8 @@ def validate_config(cfg: DictConfig) -> None:
     _choice("accuracy", cfg.accuracy, ACCURACIES)
     if cfg.accuracy == TASK_AWARE and cfg.scenario == "domain":
         raise ConfigError("accuracy=task_aware: domain-IL has one shared label space; use accuracy=scenario")
-    if cfg.threads is not None:
-        _positive(cfg, "threads", int)
+    if cfg.threads is not None and cfg.threads != "auto" and not _is_integer(cfg.threads, 1):
+        raise ConfigError(f"threads={cfg.threads!r}: use auto (the cores this job may use) or a positive integer")
     _choice("precision", cfg.precision, PRECISIONS)
     _optimizer(cfg.optimizer)
     _model(cfg.model)

@@ -130,6 +130,29 @@ class Method:
         if state:
             raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {sorted(state)}")
 
+    def stages(self, ctx: TrainContext) -> list[Stage]:
+        """Stages of further training after the task's main steps, run in order within the task (e.g. End-to-End
+        Incremental Learning's balanced fine-tuning): each its own data, number of steps and learning-rate factor;
+        none by default. Their steps continue the task's step count, evaluation and checkpoints, and the step's hooks
+        run in them as in the main steps; `after_task` follows the last.
+
+        Called when the main steps end (the model is then theirs), and again when a run resumes inside a stage: it
+        must then return the same stages, so a method that computes them from the model or with `ctx.generator`
+        keeps what it computed in its state. A method's step hooks may take this call as "the main steps ended".
+        Called only if the method overrides it (`defined_hook`)."""
+        return []
+
+
+@dataclass
+class Stage:
+    """A stage of a task after its main steps (`Method.stages`): `steps` steps on `data`, at the task's learning
+    rate × `lr_factor`; `name` says what it is in the progress bar."""
+
+    name: str
+    data: TrainData
+    steps: int
+    lr_factor: float = 1.0
+
 
 def defined_hook(method: Method, name: str) -> Callable[[TrainContext, nn.Module], None] | None:
     """`method`'s bound hook `name` if its class overrides `Method`'s, else None: the trainer decides

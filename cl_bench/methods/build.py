@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Method
+from cl_bench.methods.compose import Combined
 
 # The keys of a method node that are not the method's constructor arguments, and not part of what a run
 # computes (results.experiment_keys): `label` is the row's name (`method=lowlr` and `method=baseline
@@ -16,7 +17,25 @@ from cl_bench.methods.base import Method
 RUN_KEYS = ("label", "lr")
 
 
-def build_method(node: DictConfig, scenario: str) -> Method:
+def build_methods(cfg: DictConfig) -> Method:
+    """The run's method: `cfg.method`, combined (methods/compose.py) with those of `cfg.plus` if it lists any."""
+    method = build_method(cfg.method, cfg.scenario)
+    plus = cfg.get("plus") or {}
+    if not plus:
+        return method
+    parts = {"method": method}
+    for name, node in plus.items():
+        parts[f"plus.{name}"] = build_method(node, cfg.scenario, f"plus.{name}")
+    return Combined(parts)
+
+
+def method_label(cfg: DictConfig) -> str:
+    """The run's method as tables name it: each part's `label` (else its class name), joined by " + "."""
+    nodes = [cfg.method, *(cfg.get("plus") or {}).values()]
+    return " + ".join(node.get("label") or node._target_.rsplit(".", 1)[-1] for node in nodes)
+
+
+def build_method(node: DictConfig, scenario: str, prefix: str = "method") -> Method:
     """Instantiate `node._target_` with the node's keys but RUN_KEYS; `lambda` becomes `lambda_`. A key
     the method does not take is a ConfigError naming it, as is a value its constructor refuses (methods/params.py),
     and a `scenario` the method is not defined in."""
@@ -31,10 +50,13 @@ def build_method(node: DictConfig, scenario: str) -> Method:
     if unknown:
         names = ", ".join(name.rstrip("_") for name in accepted)
         allowed = f"it takes: {names}" if accepted else "it takes no parameters"
-        raise ConfigError(f"method.{unknown[0]}: {cls.__name__} takes no such parameter ({allowed})")
-    method = cls(**params)
+        raise ConfigError(f"{prefix}.{unknown[0]}: {cls.__name__} takes no such parameter ({allowed})")
+    try:
+        method = cls(**params)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("method.", f"{prefix}.", 1)) from None
     if not isinstance(method, Method):
-        raise TypeError(f"method._target_={cls.__name__} is not a cl_bench Method")
+        raise TypeError(f"{prefix}._target_={cls.__name__} is not a cl_bench Method")
     if scenario not in method.scenarios:
         raise ConfigError(
             f"scenario={scenario}: {cls.__name__} is defined only in {' and '.join(method.scenarios)}-IL "

@@ -3,15 +3,16 @@ as the two-cities post writes it."""
 
 from __future__ import annotations
 
+from functools import reduce
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cl_bench.data.task import Task
-from cl_bench.engine.fewer_ops import sum_of
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.fisher import LABELS, diagonal_fisher
 from cl_bench.methods.params import choice, count, number, together, within_tasks
-from cl_bench.methods.quadratic import Quadratic
+from cl_bench.methods.quadratic import Pull, Quadratic
 
 SCOPES = ("all", "last")
 MODES = ("separate", "sum", "online")
@@ -35,6 +36,13 @@ class EWC(Method):
     EWC, λ·Σ_i F̃_i·(θ_i − θ*_j,i)² with F̃ ← γ·F̃ + F_j anchored at the latest θ*_j only (an
     approximation of the sum, also O(parameters)). ``sum`` and ``online`` need scope ``all``.
     fisher_samples: null averages over every training example of the task (van de Ven & Tolias).
+
+    A step takes the penalty without autograd (`quadratic.Quadratic.pull`): `loss_terms` returns its value
+    at the step's parameters (before the update) as a detached term, the logged ``loss/ewc``, and
+    `after_backward` adds its gradient 2λ·Σ_j F_j·(θ − θ*_j) to the gradients in place. In every mode the
+    step uses the stored terms summed into one quadratic (`Quadratic.merged`, computed once per task): the
+    same value and gradient as the per-task sum, at O(parameters) per step; ``separate`` still stores
+    (and checkpoints) each task's term.
     """
 
     selectable = ("lambda", "gamma")
@@ -62,6 +70,8 @@ class EWC(Method):
                  "keeps one term over every task; with method.scope=last use mode=separate")
         self.terms: list[Quadratic] = []
         self.fisher_counts: list[int] = []
+        self._summed: Quadratic | None = None  # the terms as one quadratic, made at the first step of a task
+        self._pull: Pull | None = None  # the step's penalty gradient, from loss_terms to after_backward
 
     def check(self, tasks: list[Task]) -> None:
         """Every task whose Fisher a later task uses must hold `fisher_samples` training examples."""
@@ -99,17 +109,32 @@ class EWC(Method):
             self.terms = [old[0].reanchored(new)]
         else:
             self.terms = old + [new]
+        self._summed = None
 
-    def penalty(self, ctx: TrainContext) -> Tensor | None:
-        """Σ_j F_j(θ − θ*_j)² over the stored terms (None before the first task has ended)."""
-        if not self.terms:
-            return None
-        params = dict(ctx.model.named_parameters())
-        return sum_of(term.value(params) for term in self.terms)
+    def summed(self) -> Quadratic:
+        """The stored terms as one quadratic: Σ_j F_j(θ − θ*_j)² merged exactly (`Quadratic.merged`)."""
+        if self._summed is None:
+            self._summed = reduce(Quadratic.merged, self.terms)
+        return self._summed
+
+    def pull(self, params: dict[str, Tensor]) -> tuple[Tensor, Pull]:
+        """λ·Σ_j F_j(θ − θ*_j)² at `params`, without a graph, and its gradient to add after backward."""
+        return self.summed().pull(params, self.lambda_)
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
-        penalty = self.penalty(ctx)
-        return {} if penalty is None else {self.loss_name: self.lambda_ * penalty}
+        """The penalty's value as a detached term (none before the first task has ended); its gradient
+        waits for `after_backward`."""
+        self._pull = None
+        if not self.terms:
+            return {}
+        value, self._pull = self.pull(dict(ctx.model.named_parameters()))
+        return {self.loss_name: value}
+
+    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+        """Add the step's penalty gradient to the parameters' gradients."""
+        if self._pull is not None:
+            self._pull.apply()
+            self._pull = None
 
     def state_dict(self) -> dict:
         return {
@@ -129,3 +154,4 @@ class EWC(Method):
             Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"])) for t in state["terms"]
         ]
         self.fisher_counts = list(state["fisher_counts"])
+        self._summed, self._pull = None, None

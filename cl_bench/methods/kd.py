@@ -30,15 +30,60 @@ def distillation_losses(
     on each group's units, summed over the groups (`reduction="sum"`); averaged over the groups
     (`"mean_over_groups"`, van de Ven & Tolias's code since 2019); or averaged over the groups and over
     each group's units (`"mean"`, their 2018 code)."""
+    return distillation_from_targets(student, target_probabilities(teacher, groups, T), groups, T, reduction)
 
-    def cross_entropy(units: slice) -> Tensor:
-        target = F.softmax(columns(teacher, units) / T, dim=1)
-        terms = -(target * F.log_softmax(columns(student, units) / T, dim=1))
-        return terms.mean(1) if reduction == "mean" else terms.sum(1)
 
-    total = sum_of(cross_entropy(units) for units in groups)
-    if total is None:
-        return student.new_zeros(len(student))
+def equal_groups(groups: list[slice]) -> tuple[slice, int] | None:
+    """(the units they span, their number) when there are several groups of equal size, each starting where
+    the one before ends (task-IL's old heads): one [N, groups, units] tensor then holds them all."""
+    if len(groups) < 2 or any(g.step not in (None, 1) for g in groups):
+        return None
+    size = groups[0].stop - groups[0].start
+    if any(g.stop - g.start != size or g.start != groups[0].start + i * size for i, g in enumerate(groups)):
+        return None
+    return slice(groups[0].start, groups[-1].stop), len(groups)
+
+
+def target_probabilities(teacher: Tensor, groups: list[slice], T: float) -> Tensor:
+    """softmax(z_old/T) within each group, in the teacher's columns (columns outside every group are left
+    as they are, never read): the distillation targets. Equal groups take one batched softmax."""
+    layout = equal_groups(groups)
+    if layout is not None:
+        span, n = layout
+        probabilities = F.softmax(columns(teacher, span).unflatten(1, (n, -1)) / T, dim=2).flatten(1)
+        if span.start == 0 and span.stop == teacher.shape[1]:
+            return probabilities
+        targets = teacher.clone()
+        targets[:, span] = probabilities
+        return targets
+    if len(groups) == 1 and columns(teacher, groups[0]) is teacher:
+        return F.softmax(teacher / T, dim=1)
+    targets = teacher.clone()
+    for units in groups:
+        targets[:, units] = F.softmax(teacher[:, units] / T, dim=1)
+    return targets
+
+
+def distillation_from_targets(
+    student: Tensor, targets: Tensor, groups: list[slice], T: float, reduction: str = "sum"
+) -> Tensor:
+    """`distillation_losses` from the targets `target_probabilities` made: the old-task groups' log-softmax
+    as one batched op when they have equal sizes, else one group at a time."""
+    layout = equal_groups(groups)
+    if layout is not None:
+        span, n = layout
+        log_p = F.log_softmax(columns(student, span).unflatten(1, (n, -1)) / T, dim=2)
+        terms = -(columns(targets, span).unflatten(1, (n, -1)) * log_p)
+        total = (terms.mean(2) if reduction == "mean" else terms.sum(2)).sum(1)
+    else:
+
+        def cross_entropy(units: slice) -> Tensor:
+            terms = -(columns(targets, units) * F.log_softmax(columns(student, units) / T, dim=1))
+            return terms.mean(1) if reduction == "mean" else terms.sum(1)
+
+        total = sum_of(cross_entropy(units) for units in groups)
+        if total is None:
+            return student.new_zeros(len(student))
     return total if reduction == "sum" else total / len(groups)
 
 
@@ -123,6 +168,7 @@ class KD(Method):
         self.teacher_state: dict[str, Tensor] | None = None
         self.recorded: Tensor | None = None
         self.recorded_task = -1
+        self._recorded_targets: Tensor | None = None  # softmax(recorded/T) per group, made at the task's first step
 
     @property
     def active(self) -> bool:
@@ -131,6 +177,7 @@ class KD(Method):
     def before_task(self, ctx: TrainContext) -> None:
         """Snapshot the teacher (tasks after the first) and record its outputs if so configured."""
         self.teacher, self.teacher_state, self.recorded, self.recorded_task = None, None, None, -1
+        self._recorded_targets = None
         if ctx.task_idx == 0 or not self.active:
             return
         n_old = ctx.scenario.units_existing_before(ctx.task_idx)
@@ -149,18 +196,19 @@ class KD(Method):
         batch's examples of the task's split."""
         if ctx.task_idx == 0 or not self.active:
             return {}
-        old, weight = self._teacher_logits(ctx, batch)
         groups = ctx.scenario.old_output_groups(ctx.task_idx)
-        loss = mean(distillation_losses(logits, old, groups, self.T, self.reduction), weight)
+        targets, weight = self._targets(ctx, batch, groups)
+        loss = mean(distillation_from_targets(logits, targets, groups, self.T, self.reduction), weight)
         scale = self.kappa * self.T**2 if self.t_squared else self.kappa
         if self.weighting == "tasks_seen":
             scale *= 1 - self.task_loss_weight(ctx)
         return {"kd": scale * loss}
 
-    def _teacher_logits(self, ctx: TrainContext, batch: Batch) -> tuple[Tensor, Tensor | None]:
-        """The teacher's old-unit logits for every example of the batch and each example's weight
-        (1 for examples of the task's split, 0 for examples a method added; None when recorded
-        outputs are used, which requires every example to be the split's own); no host sync."""
+    def _targets(self, ctx: TrainContext, batch: Batch, groups: list[slice]) -> tuple[Tensor, Tensor | None]:
+        """The teacher's old-unit probabilities softmax(z_old/T) per group for every example of the batch, and
+        each example's weight (1 for examples of the task's split, 0 for examples a method added; None when
+        recorded outputs are used, which requires every example to be the split's own); no host sync.
+        Recorded outputs are turned into probabilities once per task and gathered once per step."""
         own = batch.index >= 0
         if self.recorded_task == ctx.task_idx:
             torch._assert_async(
@@ -168,11 +216,13 @@ class KD(Method):
                 "KD with recorded teacher outputs got examples with index -1 (added to the batch by another "
                 "mechanism); their teacher outputs were never recorded: use method.teacher=live",
             )
-            self.recorded = self.recorded.to(ctx.device)
-            return self.recorded[batch.index], None
+            if self._recorded_targets is None:
+                self.recorded = self.recorded.to(ctx.device)
+                self._recorded_targets = target_probabilities(self.recorded, groups, self.T)
+            return self._recorded_targets.index_select(0, batch.index), None
         with torch.inference_mode():
             old = self._live_teacher(ctx)(batch.x)
-        return old, own.float()
+        return target_probabilities(old, groups, self.T), own.float()
 
     def _live_teacher(self, ctx: TrainContext) -> nn.Module:
         """The teacher, rebuilt from a loaded checkpoint on first use."""
@@ -201,3 +251,4 @@ class KD(Method):
         self.teacher_state = state.get("teacher")
         self.recorded = state.get("recorded")
         self.recorded_task = state.get("recorded_task", -1)
+        self._recorded_targets = None

@@ -7,10 +7,11 @@ import torch
 from torch import Tensor
 
 from cl_bench.data.task import Task
+from cl_bench.engine.fewer_ops import leading_block
 from cl_bench.methods.base import TrainContext
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.params import choice, together
-from cl_bench.methods.quadratic import stored_part
+from cl_bench.methods.quadratic import Pull, stored_part
 
 FORMS = ("squared", "norm")
 
@@ -22,6 +23,10 @@ class L2(EWC):
     Euclidean norm per weight tensor (the tutorial's 0.5·Σ tf.norm(θ − θ_A) is λ = 0.5; its zero
     gradient at θ = θ*, where the norm has none, is torch's subgradient). The default squares, as the
     tutorial's formula and the two-cities post's Σ_j (θ^(j) − θ_A^(j))² say.
+
+    As EWC's, the penalty is taken without autograd: its value as a detached term (``loss/l2``) and its
+    closed-form gradient added after backward, 2λ·Σ_j (θ − θ*_j) squared, λ·Σ_j (θ − θ*_j)/‖θ − θ*_j‖
+    per tensor for `form=norm` (0 where θ = θ*_j).
     """
 
     loss_name = "l2"
@@ -40,13 +45,18 @@ class L2(EWC):
     def importance(self, ctx: TrainContext) -> dict[str, Tensor]:
         return {name: torch.ones_like(p) for name, p in ctx.model.named_parameters() if p.requires_grad}
 
-    def penalty(self, ctx: TrainContext) -> Tensor | None:
-        if self.form == "squared" or not self.terms:
-            return super().penalty(ctx)
-        params = dict(ctx.model.named_parameters())
-        norms = [
-            torch.linalg.vector_norm(stored_part(params, name, center) - center)
-            for term in self.terms
-            for name, center in term.center.items()
-        ]
-        return torch.stack(norms).sum()
+    def pull(self, params: dict[str, Tensor]) -> tuple[Tensor, Pull]:
+        if self.form == "squared":
+            return super().pull(params)
+        norms, direction = [], {}
+        with torch.no_grad():
+            for term in self.terms:  # a head's rows only grow, so the last term's block is the largest
+                for name, center in term.center.items():
+                    diff = stored_part(params, name, center).detach() - center
+                    norm = torch.linalg.vector_norm(diff)
+                    norms.append(norm)
+                    total = direction.setdefault(name, torch.zeros_like(self.terms[-1].center[name]))
+                    leading_block(total, center.shape).add_(torch.where(norm > 0, diff / norm, 0.0))
+        names = list(direction)
+        value = self.lambda_ * torch.stack(norms).sum()
+        return value, Pull([params[name] for name in names], [direction[name] for name in names], self.lambda_)

@@ -11,7 +11,7 @@ from cl_bench.engine.per_sample_grads import trainable_parameters
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.fisher import eval_mode
 from cl_bench.methods.params import count, number, within_tasks
-from cl_bench.methods.quadratic import Quadratic
+from cl_bench.methods.quadratic import Pull, Quadratic
 
 
 def mas_importance(model: nn.Module, split: Split, index: Tensor, batch_size: int = 128) -> dict[str, Tensor]:
@@ -45,6 +45,9 @@ class MAS(Method):
     carry no Ω of it. MAS does not act during task A, so it shares the cached task A.
 
     lambda: 1.0, the λ Aljundi et al. report for their object-recognition task sequences.
+
+    The penalty is taken without autograd (`quadratic.Quadratic.pull`): its value at the step's parameters
+    as a detached term (``loss/mas``), its gradient 2λ·Ω·(θ − θ*) added after backward.
     """
 
     selectable = ("lambda",)
@@ -55,6 +58,7 @@ class MAS(Method):
         self.samples = None if samples is None else count("samples", samples)
         self.term: Quadratic | None = None  # Ω (its `fisher`) and θ* (its `center`)
         self.sample_counts: list[int] = []
+        self._pull: Pull | None = None  # the step's penalty gradient, from loss_terms to after_backward
 
     def check(self, tasks: list[Task]) -> None:
         """Every task whose Ω a later task uses must hold `samples` training examples."""
@@ -75,9 +79,17 @@ class MAS(Method):
         self.term = new if self.term is None else self.term.reanchored(new)
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        """λ·Σ Ω(θ − θ*)² as a detached term (none during task A); its gradient waits for after_backward."""
+        self._pull = None
         if self.term is None:
             return {}
-        return {self.loss_name: self.lambda_ * self.term.value(dict(ctx.model.named_parameters()))}
+        value, self._pull = self.term.pull(dict(ctx.model.named_parameters()), self.lambda_)
+        return {self.loss_name: value}
+
+    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+        if self._pull is not None:
+            self._pull.apply()
+            self._pull = None
 
     def state_dict(self) -> dict:
         return {"terms": [] if self.term is None else [self.term.state()], "sample_counts": list(self.sample_counts)}
@@ -87,3 +99,4 @@ class MAS(Method):
         for t in state["terms"]:
             self.term = Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"]))
         self.sample_counts = list(state["sample_counts"])
+        self._pull = None

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cl_bench.engine.fewer_ops import leading_block
 from cl_bench.engine.per_sample_grads import trainable_parameters
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.params import number
-from cl_bench.methods.quadratic import Quadratic
+from cl_bench.methods.quadratic import Pull, Quadratic
 
 
 class SI(Method):
@@ -18,10 +17,11 @@ class SI(Method):
 
     During every task (the first too), after each optimiser step, ω_k += −g_k·Δθ_k: Δθ the step's
     update, g the gradient of the unregularised loss at the step, as Zenke et al. define the path
-    integral (the loss's decrease that the parameter's motion explains). The penalty's own gradient,
-    2c·Ω·(θ − θ*), is closed-form, so `after_backward` subtracts it from the step's gradient rather than
-    running a second backward pass. (van de Ven & Tolias's code integrates the step's total gradient,
-    the penalty's included.) At the task's end Ω_k += ω_k / ((θ_k − θ_k^start)² + ξ), θ* ← θ, ω ← 0.
+    integral (the loss's decrease that the parameter's motion explains). The penalty is taken without
+    autograd (`quadratic.Quadratic.pull`): `loss_terms` returns its value at the step's parameters as a
+    detached term (``loss/si``), and `after_backward` keeps the backward pass's gradient as g, then adds
+    the penalty's closed-form gradient 2c·Ω·(θ − θ*) for the optimiser. (van de Ven & Tolias's code
+    integrates the step's total gradient, the penalty's included.) At the task's end Ω_k += ω_k / ((θ_k − θ_k^start)² + ξ), θ* ← θ, ω ← 0.
 
     c: the penalty's strength; xi: the damping ξ (van de Ven & Tolias's `epsilon`, 0.1). Head rows added
     after a task carry no Ω of it. Task A builds Ω, so SI does not share the cached task A.
@@ -39,6 +39,7 @@ class SI(Method):
         self.start: dict[str, Tensor] = {}  # θ at its start
         self.previous: dict[str, Tensor] = {}  # θ before the step
         self.grad: dict[str, Tensor] = {}  # g of the step, from after_backward to after_step
+        self._pull: Pull | None = None  # the step's penalty gradient, from loss_terms to after_backward
 
     def before_task(self, ctx: TrainContext) -> None:
         params = trainable_parameters(ctx.model)
@@ -47,23 +48,20 @@ class SI(Method):
         self.omega = {name: torch.zeros_like(p) for name, p in params.items()}
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        """c·Σ Ω(θ − θ*)² as a detached term (none during the first task); its gradient waits for after_backward."""
+        self._pull = None
         if self.term is None:
             return {}
-        return {self.loss_name: self.c * self.term.value(dict(ctx.model.named_parameters()))}
+        value, self._pull = self.term.pull(dict(ctx.model.named_parameters()), self.c)
+        return {self.loss_name: value}
 
     def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
-        """g = the step's gradient less the penalty's, 2c·Ω·(θ − θ*) on each stored block."""
-        grads = {}
-        for name, p in trainable_parameters(model).items():
-            if p.grad is None:
-                continue
-            g = p.grad.detach().clone()
-            if self.term is not None and name in self.term.fisher:
-                omega, center = self.term.fisher[name], self.term.center[name]
-                block = leading_block(g, omega.shape)
-                block.sub_(2 * self.c * omega * (leading_block(p.detach(), omega.shape) - center))
-            grads[name] = g
-        self.grad = grads
+        """g = the backward pass's gradient (the unregularised loss's); then the penalty's gradient is added."""
+        params = {name: p for name, p in trainable_parameters(model).items() if p.grad is not None}
+        self.grad = dict(zip(params, torch._foreach_mul([p.grad for p in params.values()], 1.0)))
+        if self._pull is not None:
+            self._pull.apply()
+            self._pull = None
 
     def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
         """ω += −g·Δθ over the step just taken."""
@@ -98,3 +96,4 @@ class SI(Method):
         for t in state["terms"]:
             self.term = Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"]))
         self.omega, self.start, self.previous = dict(state["omega"]), dict(state["start"]), dict(state["previous"])
+        self._pull = None

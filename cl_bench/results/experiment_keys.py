@@ -29,6 +29,7 @@ NON_EXPERIMENT_KEYS: frozenset[str] = frozenset(
         "eval_batch_size",
         "first_task.cache",
         *(f"method.{key}" for key in RUN_KEYS),
+        *(f"plus.*.{key}" for key in RUN_KEYS),
         "dataset.*.root",
         "dataset.*.cache_dir",
         "dataset.*.workers",

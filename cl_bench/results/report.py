@@ -46,6 +46,7 @@ from cl_bench import __version__
 from cl_bench.engine.config_safety import UnsafeTarget, check_targets, targets_of
 from cl_bench.engine.run_folder import CONFIG_FILE, STATE_DIR, is_running, saved_config_path, state_dir
 from cl_bench.errors import one_line
+from cl_bench.methods.build import method_label
 from cl_bench.results.experiment_keys import experiment_identity, flatten
 from cl_bench.results.figures import plot_comparison
 from cl_bench.results.metrics import task_letters
@@ -242,13 +243,19 @@ def report_settings(runs: list[Run], metric: str | None = None, spread: str | No
     )
 
 
+def methods_selectable(config: DictConfig) -> list[str]:
+    """The dotted keys of the run's methods' `selectable` weights: `method.<key>` and `plus.<name>.<key>`."""
+    nodes = {"method": config.method, **{f"plus.{name}": node for name, node in (config.get("plus") or {}).items()}}
+    return [f"{prefix}.{key}" for prefix, node in nodes.items() for key in method_selectable(node._target_)]
+
+
 @lru_cache(maxsize=None)
 def method_selectable(target: str) -> tuple[str, ...]:
-    """`method.<name>` for the method class's `selectable` (of a config check_targets allowed); none,
-    with a warning, if the class cannot be imported."""
+    """The method class's `selectable` (of a config check_targets allowed); none, with a warning, if the
+    class cannot be imported."""
     module, _, name = target.rpartition(".")
     try:
-        return tuple(f"method.{key}" for key in getattr(importlib.import_module(module), name).selectable)
+        return tuple(getattr(importlib.import_module(module), name).selectable)
     except Exception as error:  # noqa: BLE001 (a target of an earlier version, or broken code: nothing to select)
         log.warning("%s cannot be imported (%s: %s): its runs select over no method weights", target,
                     type(error).__name__, one_line(error))
@@ -285,17 +292,11 @@ def _version_tag(summary: dict | None) -> str:
     return "" if version == __version__ else version or "unknown"
 
 
-def _method_label(config: DictConfig, target: str) -> str:
-    """`method.label`, else the method's class name."""
-    return OmegaConf.select(config, "method.label", default=None) or target.rsplit(".", 1)[-1]
-
-
 def run_record(run: Run, settings: Settings) -> dict[str, Any]:
     """One run as a flat record: its identity, selected weights, status and metric values."""
     summary = run.summary or {"status": "running"}
     config = run.config
-    target = OmegaConf.select(config, "method._target_")
-    selected = [*method_selectable(target), *settings.select]
+    selected = [*methods_selectable(config), *settings.select]
     full = experiment_identity(config)
     lr_labels = _plain(OmegaConf.select(config, "report.lr_labels", default=None)) or DEFAULT_LR_LABELS
     record = {
@@ -303,7 +304,7 @@ def run_record(run: Run, settings: Settings) -> dict[str, Any]:
         "status": summary.get("status"),
         "error": summary.get("error"),
         "overrides": run.overrides,
-        "method": summary.get("method") or _method_label(config, target),
+        "method": summary.get("method") or method_label(config),
         "lr": summary.get("lr", _lookup(full, "lr")),
         "seed": summary.get("seed", OmegaConf.select(config, "seed", default=None)),
         "sequence": "+".join(summary.get("datasets") or list((full.get("dataset") or {}).keys())),

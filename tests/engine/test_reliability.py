@@ -85,8 +85,12 @@ def test_an_unknown_method_names_the_choices(make_config):
         ["method=replay"],  # the exemplar memory restored
         ["method=si", "method.c=1000", "scenario=class"],  # Ω, θ*, the running path integral (grown head)
         ["method=mas", "method.lambda=100", "scenario=class"],  # Ω, θ* (grown head)
+        ["method=kd", "plus=[replay,si]", "scenario=class"],  # each part's state (methods/compose.py)
     ],
-    ids=["baseline", "ewc", "ewc-sum-3-tasks", "ewc-online-class-il", "kd-recorded", "kd-live", "replay", "si", "mas"],
+    ids=[
+        "baseline", "ewc", "ewc-sum-3-tasks", "ewc-online-class-il", "kd-recorded", "kd-live", "replay", "si", "mas",
+        "kd+replay+si",
+    ],
 )
 @pytest.mark.parametrize("stop_row", [2, 6])  # inside task A, inside task B
 def test_stopped_by_a_signal_and_resumed_equals_uninterrupted(make_config, tmp_path, method, stop_row):

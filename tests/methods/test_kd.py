@@ -10,7 +10,7 @@ import torch
 from cl_bench.data.task import Task
 from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, Method
-from cl_bench.methods.kd import KD
+from cl_bench.methods.kd import KD, distillation_losses, equal_groups
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
 from tests.helpers.harness import batch_of, nudge, random_tasks, seeded_mlp, start_task, train_context
@@ -242,3 +242,64 @@ def test_van_de_ven_weighting_and_reduction_equal_their_formula(reduction, per_u
     assert lwf.task_loss_weight(ctx) == pytest.approx(1 / 3)
     assert torch.allclose(lwf.loss_terms(ctx, batch, logits)["kd"].double(), expected, rtol=1e-5)
     assert KD().task_loss_weight(ctx) == 1.0  # the default: L_task + κ·L_KD
+
+
+def looped_kd(student: torch.Tensor, teacher: torch.Tensor, groups: list[slice], T: float, reduction: str):
+    """The per-group loop the batched form replaces, written plainly."""
+    per_group = []
+    for units in groups:
+        target = torch.softmax(teacher[:, units] / T, dim=1)
+        terms = -(target * torch.log_softmax(student[:, units] / T, dim=1))
+        per_group.append(terms.mean(1) if reduction == "mean" else terms.sum(1))
+    total = torch.stack(per_group).sum(0)
+    return total if reduction == "sum" else total / len(groups)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean_over_groups", "mean"])
+@pytest.mark.parametrize("n_old", [1, 4, 20])
+def test_task_il_groups_in_one_batched_op_equal_the_per_group_loop(n_old, reduction):
+    scenario = Scenario("task", [3] * (n_old + 1))
+    groups = scenario.old_output_groups(n_old)
+    assert (equal_groups(groups) is not None) == (n_old > 1)
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(9, 3 * (n_old + 1), generator=generator, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(9, 3 * n_old, generator=generator, dtype=torch.float64)
+    batched = distillation_losses(student, teacher, groups, 2.0, reduction)
+    looped = looped_kd(student, teacher, groups, 2.0, reduction)
+    assert torch.allclose(batched, looped, rtol=1e-12)
+    (g_batched,) = torch.autograd.grad(batched.sum(), student)
+    (g_looped,) = torch.autograd.grad(looped.sum(), student)
+    assert torch.allclose(g_batched, g_looped, rtol=1e-12, atol=1e-15)
+    assert g_batched[:, 3 * n_old :].abs().max() == 0  # the new task's units get no distillation gradient
+
+
+def test_groups_of_unequal_size_or_with_gaps_are_not_batched():
+    assert equal_groups([slice(0, 2), slice(2, 5)]) is None
+    assert equal_groups([slice(0, 2), slice(3, 5)]) is None
+    assert equal_groups([slice(2, 4), slice(4, 6)]) == (slice(2, 6), 2)
+    scenario = Scenario("task", [2, 3, 2])
+    groups = scenario.old_output_groups(2)
+    student, teacher = torch.randn(4, 7, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    assert torch.allclose(distillation_losses(student, teacher, groups, 3.0), looped_kd(student, teacher, groups, 3.0, "sum"))
+
+
+def test_recorded_targets_are_made_once_per_task_and_gathered_per_step():
+    scenario = Scenario("task", [2] * 4)
+    tasks = make_tasks(4, n_classes=2)
+    model = make_model(scenario)
+    recorded, live = KD(teacher="recorded"), KD(teacher="live")
+    for task_idx in range(3):
+        start_task(model, tasks, scenario, task_idx, recorded, live)
+        perturb(model, seed=task_idx)
+    ctx = start_task(model, tasks, scenario, 3, recorded, live)
+    perturb(model, seed=7)
+    for rows in ([0, 5, 9], [3, 4, 20, 21]):
+        batch = batch_of(tasks[3], 3, rows)
+        logits = model(batch.x)
+        assert torch.allclose(recorded.loss_terms(ctx, batch, logits)["kd"], live.loss_terms(ctx, batch, logits)["kd"])
+    made = recorded._recorded_targets
+    assert made is not None and made.shape == (len(tasks[3].train), 6)
+    recorded.loss_terms(ctx, batch_of(tasks[3], 3, [1]), model(tasks[3].train.x[:1]))
+    assert recorded._recorded_targets is made
+    start_task(model, tasks, scenario, 3, recorded)  # a task's start records again
+    assert recorded._recorded_targets is None

@@ -1,0 +1,153 @@
+"""Several methods in one run: `method` and the methods listed in `plus` (`method=kd plus=[replay]`), each
+with its own parameters under its own name (`method.kappa=2 plus.replay.memory_size=500`).
+
+The rules that make a combination one well-defined method (docs/methods.md#combining-methods):
+- Every hook runs for every part, in order: `method` first, then `plus` in the order listed.
+- Loss terms: each part's, by its own names; two parts may not log the same name.
+- The task's cross-entropy is weighted by the product of the parts' task weights (each part's other
+  terms keep their own weights), so a part that weighs it 1/t (van de Ven & Tolias) does so in the combination.
+- Gradient edits (`after_backward`): by `gradient_edit_order`, closed-form penalty gradients before
+  projections (A-GEM), so a projection sees the gradient the optimiser takes; in list order within one order.
+- At most one part may own each of: the training data (`train_data`, joint training), the examples added
+  to a batch (`extend_batch`, replay's), the prediction at evaluation (`predictor`, iCaRL's) and the model's
+  restart per task. Two owners are refused before training; so is the same method twice.
+- Examples added to the batch (replayed) are seen by their owner's terms; the others' terms see the
+  task's own examples (distillation weighs added examples 0: a recorded teacher has no output for them).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from cl_bench.data.task import Task
+from cl_bench.errors import ConfigError
+from cl_bench.methods.base import Batch, Method, TrainContext, TrainData, defined_hook
+
+# Hooks only one part may own (the trainer has one of each), and what owning one means.
+SINGLE_OWNER_HOOKS = {
+    "train_data": "chooses the training data",
+    "extend_batch": "adds examples to each batch",
+    "predictor": "replaces the prediction at evaluation",
+}
+# Hooks the trainer skips when undefined: the combination defines one only if a part does.
+OPTIONAL_HOOKS = ("after_backward", "after_step", "predictor")
+
+
+def defines(method: Method, name: str) -> bool:
+    """Whether `method`'s class overrides `Method.<name>`."""
+    return defined_hook(method, name) is not None
+
+
+class Combined(Method):
+    """`parts` (config name → method, `method` first) trained as one method under the module's rules."""
+
+    def __init__(self, parts: dict[str, Method]):
+        check_combination(parts)
+        self.parts = parts
+        self.changes_first_task = any(part.changes_first_task for part in parts.values())
+        self.restart_model = any(part.restart_model for part in parts.values())
+        self.scenarios = tuple(s for s in Method.scenarios if all(s in part.scenarios for part in parts.values()))
+        self.owners = {hook: owner for hook in SINGLE_OWNER_HOOKS if (owner := _owner(parts, hook)) is not None}
+        self.gradient_editors = sorted(
+            (part for part in parts.values() if defines(part, "after_backward")), key=lambda m: m.gradient_edit_order
+        )
+        self.steppers = [part for part in parts.values() if defines(part, "after_step")]
+        self.n_own = 0  # examples of the task in the step's batch (extend_batch), before any added ones
+        for hook in OPTIONAL_HOOKS:  # undefined in every part: Method's, which the trainer never calls
+            if not any(defines(part, hook) for part in parts.values()):
+                setattr(self, hook, types.MethodType(getattr(Method, hook), self))
+
+    def train_data(self, ctx: TrainContext) -> TrainData:
+        owner = self.owners.get("train_data")
+        return owner.train_data(ctx) if owner else super().train_data(ctx)
+
+    def check(self, tasks: list[Task]) -> None:
+        for part in self.parts.values():
+            part.check(tasks)
+
+    def before_task(self, ctx: TrainContext) -> None:
+        for part in self.parts.values():
+            part.before_task(ctx)
+
+    def task_loss_weight(self, ctx: TrainContext) -> float:
+        weight = 1.0
+        for part in self.parts.values():
+            weight *= part.task_loss_weight(ctx)
+        return weight
+
+    def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
+        """The owner's extension; the batch's own examples are its first `n_own` (the trainer's rule)."""
+        self.n_own = len(batch.y)
+        owner = self.owners.get("extend_batch")
+        return owner.extend_batch(ctx, batch) if owner else batch
+
+    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+        """Every part's terms; a part that did not extend the batch sees only its own examples."""
+        owner, n = self.owners.get("extend_batch"), self.n_own
+        own = (batch, logits) if n == len(batch.y) else (own_examples(batch, n), logits[:n])
+        terms: dict[str, Tensor] = {}
+        for name, part in self.parts.items():
+            for term, value in part.loss_terms(ctx, *((batch, logits) if part is owner else own)).items():
+                if term in terms or term in ("task", "total"):
+                    raise RuntimeError(f"{name} logs the loss term {term!r}, which another part of the combination logs")
+                terms[term] = value
+        return terms
+
+    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+        for part in self.gradient_editors:
+            part.after_backward(ctx, model)
+
+    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
+        for part in self.steppers:
+            part.after_step(ctx, model)
+
+    def prediction_state(self) -> dict[str, Tensor]:
+        owner = self.owners.get("predictor")
+        return owner.prediction_state() if owner else {}
+
+    def predictor(self, model: nn.Module, state: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        return self.owners["predictor"].predictor(model, state)
+
+    def after_task(self, ctx: TrainContext) -> None:
+        for part in self.parts.values():
+            part.after_task(ctx)
+
+    def state_dict(self) -> dict:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.parts):
+            raise ValueError(f"the checkpoint holds the states of {sorted(state)}, this run combines {sorted(self.parts)}")
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+
+
+def own_examples(batch: Batch, n: int) -> Batch:
+    """The first `n` examples of `batch`: the task's own, before those a method added."""
+    return Batch(batch.x[:n], batch.y[:n], batch.task_ids[:n], batch.index[:n])
+
+
+def _owner(parts: dict[str, Method], hook: str) -> Method | None:
+    return next((part for part in parts.values() if defines(part, hook)), None)
+
+
+def check_combination(parts: dict[str, Method]) -> None:
+    """ConfigError unless `parts` can run together under the module's rules."""
+    seen: dict[type, str] = {}
+    for name, part in parts.items():
+        if type(part) in seen:
+            raise ConfigError(f"{seen[type(part)]} and {name} are both {type(part).__name__}: combine a method once")
+        seen[type(part)] = name
+    for hook, what in SINGLE_OWNER_HOOKS.items():
+        owners = [name for name, part in parts.items() if defines(part, hook)]
+        if len(owners) > 1:
+            raise ConfigError(f"{owners[0]} and {owners[1]} both {what}: combine at most one such method")
+    restarting = [name for name, part in parts.items() if part.restart_model]
+    if restarting and len(parts) > 1:
+        raise ConfigError(f"{restarting[0]} restarts the model at every task: it cannot be combined with other methods")
+    scenarios = [s for s in Method.scenarios if all(s in part.scenarios for part in parts.values())]
+    if not scenarios:
+        raise ConfigError(f"{' and '.join(parts)} are defined in no common scenario: they cannot be combined")
