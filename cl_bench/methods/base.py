@@ -1,9 +1,9 @@
 """The method interface: hooks the trainer calls around every task and at every step.
 
 A step runs: `extend_batch` → forward → `loss_terms` → backward → `after_backward` → optimiser step →
-`after_step`. When methods are combined (not yet), their `after_backward` gradient edits run in this
-order: closed-form penalty gradients first, projections (A-GEM's) last, so a projection sees the
-gradient that the optimiser will take.
+`after_step`; at evaluation, `predictor`. When methods are combined (methods/compose.py), their
+`after_backward` gradient edits run closed-form penalty gradients first, projections (A-GEM's) last
+(`gradient_edit_order`), so a projection sees the gradient that the optimiser will take.
 """
 
 from __future__ import annotations

@@ -60,10 +60,13 @@ class DER(Method):
     of `extend_batch`: the draws see the buffer as it was before the step, as in Mammoth, which inserts
     after the optimiser step with the forward pass's logits. The buffer fills during task A, so DER trains
     task A itself (never from the task-A cache).
+
+    A report selects α by validation; not β, so that DER (β = 0) and DER++ stay rows of their own
+    (`report.select=[method.beta]` selects it too).
     """
 
     changes_first_task = True
-    selectable = ("alpha", "beta")
+    selectable = ("alpha",)
 
     def __init__(self, buffer_size: int = 200, alpha: float = 0.2, beta: float = 0.0, buffer_batch_size: int | None = None):
         self.buffer_size = count("buffer_size", buffer_size)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
 from cl_bench.engine import threads
 from cl_bench.engine.threads import cgroup_cores, parallel_jobs, resolve_threads, usable_cores
 from cl_bench.errors import ConfigError
+from tests.helpers.config import compose_config
 from tests.helpers.runs import tiny_run
 
 
@@ -67,27 +67,30 @@ def test_the_lowest_limit_wins(tmp_path, cores):
     assert usable_cores({"SLURM_CPUS_PER_TASK": "garbage"}, tmp_path, none) == (4, "cgroup quota")
 
 
-def set_hydra(launcher: dict, mode: str = "MULTIRUN") -> None:
-    HydraConfig.instance().set_config(OmegaConf.create({"hydra": {"mode": mode, "launcher": launcher}}))
-
-
 @pytest.fixture
 def hydra_config():
+    """Make this process a job of a Hydra run: the real config with `launcher` overrides, in `mode`."""
+
+    def set_hydra(launcher: list[str], mode: str = "MULTIRUN") -> None:
+        cfg = compose_config(*launcher, hydra=True)
+        cfg.hydra.mode = mode
+        HydraConfig.instance().set_config(cfg)
+
     yield set_hydra
     HydraConfig.instance().cfg = None
 
 
-JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+JOBLIB = ["hydra/launcher=joblib"]
 
 
 @pytest.mark.parametrize(
     "launcher, mode, expected",
     [
-        ({"_target_": JOBLIB, "n_jobs": 2}, "MULTIRUN", 2),
-        ({"_target_": JOBLIB, "n_jobs": -1}, "MULTIRUN", 4),  # joblib: one per core
-        ({"_target_": JOBLIB, "n_jobs": -2}, "MULTIRUN", 3),
-        ({"_target_": JOBLIB, "n_jobs": 2}, "RUN", 1),  # a single run: the launcher runs nothing
-        ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, "MULTIRUN", 1),
+        ([*JOBLIB, "hydra.launcher.n_jobs=2"], "MULTIRUN", 2),
+        (JOBLIB, "MULTIRUN", 4),  # the plugin's default n_jobs=-1: one per core, as joblib counts
+        ([*JOBLIB, "hydra.launcher.n_jobs=-2"], "MULTIRUN", 3),
+        ([*JOBLIB, "hydra.launcher.n_jobs=2"], "RUN", 1),  # a single run: the launcher runs nothing
+        ([], "MULTIRUN", 1),  # the basic launcher: one job at a time
     ],
 )
 def test_jobs_at_once_follow_joblibs_n_jobs(hydra_config, launcher, mode, expected):
@@ -105,9 +108,9 @@ def test_auto_divides_the_cores_among_the_jobs(hydra_config, cores, monkeypatch)
     monkeypatch.setattr(threads, "cgroup_cores", lambda *args: None)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     assert resolve_threads("auto") == (2, "auto: 2 cores (affinity)")
-    hydra_config({"_target_": JOBLIB, "n_jobs": 2})
+    hydra_config([*JOBLIB, "hydra.launcher.n_jobs=2"])
     assert resolve_threads("auto") == (1, "auto: 2 cores (affinity) / 2 joblib jobs")
-    hydra_config({"_target_": JOBLIB, "n_jobs": 5})  # more jobs than cores: still one thread each
+    hydra_config([*JOBLIB, "hydra.launcher.n_jobs=5"])  # more jobs than cores: still one thread each
     assert resolve_threads("auto") == (1, "auto: 2 cores (affinity) / 5 joblib jobs")
     assert resolve_threads(3) == (3, "config")
     assert resolve_threads(None) == (None, "torch default (threads=null)")
