@@ -122,26 +122,29 @@ def bench_steps(
     methods: dict[str, Callable[[], Method]] = STEP_METHODS,
 ) -> None:
     """Per-step time of each method in each scenario, in interleaved rounds (the machine is shared), as
-    a ratio to the baseline's in the same scenario (medians over rounds)."""
+    a ratio to the baseline's in the same scenario (medians over rounds): wall time, and the process's CPU
+    time, which other processes on the machine inflate less (with one thread it is the step's own work)."""
     for label, (scenario_name, n_tasks, n_classes) in scenarios.items():
         prepared = {
             method: prepared_step(name, make, batch_size, scenario_name, n_tasks, n_classes)
             for method, make in methods.items()
         }
         times: dict[str, list[float]] = {method: [] for method in prepared}
+        cpu: dict[str, list[float]] = {method: [] for method in prepared}
         for _ in range(rounds):
             for method, step in prepared.items():
                 step()
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 for _ in range(steps):
                     step()
                 times[method].append((time.perf_counter() - started) / steps)
-        base = statistics.median(times["baseline"])
+                cpu[method].append((time.process_time() - started_cpu) / steps)
+        base, base_cpu = statistics.median(times["baseline"]), statistics.median(cpu["baseline"])
         print(f"{name}, {label}: a step of the last task, batch {batch_size} (medians of {rounds} interleaved rounds)")
-        print("  method                  ms/step   vs baseline")
+        print("  method                  ms/step   vs baseline   CPU ms/step   CPU vs baseline")
         for method in prepared:
-            ms = statistics.median(times[method])
-            print(f"  {method:22s} {1e3 * ms:8.2f}   {ms / base:9.2f}x")
+            ms, cpu_ms = statistics.median(times[method]), statistics.median(cpu[method])
+            print(f"  {method:22s} {1e3 * ms:8.2f}   {ms / base:9.2f}x   {1e3 * cpu_ms:11.2f}   {cpu_ms / base_cpu:13.2f}x")
 
 
 def bench_fisher(name: str, samples: int, batch_size: int, chunk: int) -> None:

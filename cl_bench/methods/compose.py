@@ -8,8 +8,9 @@ The rules that make a combination one well-defined method (docs/methods.md#combi
   terms keep their own weights), so a part that weighs it 1/t (van de Ven & Tolias) does so in the combination.
 - Gradient edits (`after_backward`): by `gradient_edit_order`, closed-form penalty gradients before
   projections (A-GEM), so a projection sees the gradient the optimiser takes; in list order within one order.
-- At most one part may own each of: the training data (`train_data`, joint training), the examples added
-  to a batch (`extend_batch`, replay's), the prediction at evaluation (`predictor`, iCaRL's) and the model's
+- At most one part may own each of: the training data (`train_data`, joint training, End-to-End), the
+  examples added to a batch (`extend_batch`, replay's), the prediction at evaluation (`predictor`, iCaRL's),
+  the stages after a task's main steps (`stages`, End-to-End's balanced fine-tuning) and the model's
   restart per task. Two owners are refused before training; so is the same method twice.
 - Examples added to the batch (replayed) are seen by their owner's terms; the others' terms see the
   task's own examples (distillation weighs added examples 0: a recorded teacher has no output for them).
@@ -24,16 +25,17 @@ from torch import Tensor, nn
 
 from cl_bench.data.task import Task
 from cl_bench.errors import ConfigError
-from cl_bench.methods.base import Batch, Method, TrainContext, TrainData, defined_hook
+from cl_bench.methods.base import Batch, Method, Stage, TrainContext, TrainData, defined_hook
 
 # Hooks only one part may own (the trainer has one of each), and what owning one means.
 SINGLE_OWNER_HOOKS = {
     "train_data": "chooses the training data",
     "extend_batch": "adds examples to each batch",
     "predictor": "replaces the prediction at evaluation",
+    "stages": "adds training stages after a task's main steps",
 }
 # Hooks the trainer skips when undefined: the combination defines one only if a part does.
-OPTIONAL_HOOKS = ("after_backward", "after_step", "predictor")
+OPTIONAL_HOOKS = ("after_backward", "after_step", "predictor", "stages")
 
 
 def defines(method: Method, name: str) -> bool:
@@ -110,6 +112,9 @@ class Combined(Method):
 
     def predictor(self, model: nn.Module, state: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
         return self.owners["predictor"].predictor(model, state)
+
+    def stages(self, ctx: TrainContext) -> list[Stage]:
+        return self.owners["stages"].stages(ctx)
 
     def after_task(self, ctx: TrainContext) -> None:
         for part in self.parts.values():
