@@ -86,10 +86,13 @@ def test_an_unknown_method_names_the_choices(make_config):
         ["method=si", "method.c=1000", "scenario=class"],  # Ω, θ*, the running path integral (grown head)
         ["method=mas", "method.lambda=100", "scenario=class"],  # Ω, θ* (grown head)
         ["method=kd", "plus=[replay,si]", "scenario=class"],  # each part's state (methods/compose.py)
+        ["method=agem", "scenario=class", "checkpoint.every=7"],  # the episodic memory
+        ["method=derpp", "scenario=class", "checkpoint.every=7"],  # the reservoir buffer filling in task A, its logits
+        ["method=icarl", "scenario=class"],  # teacher, herding memory, the nearest-mean classifier's exemplars
     ],
     ids=[
         "baseline", "ewc", "ewc-sum-3-tasks", "ewc-online-class-il", "kd-recorded", "kd-live", "replay", "si", "mas",
-        "kd+replay+si",
+        "kd+replay+si", "agem", "derpp", "icarl",
     ],
 )
 @pytest.mark.parametrize("stop_row", [2, 6])  # inside task A, inside task B

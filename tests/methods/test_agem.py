@@ -3,21 +3,16 @@ and a run."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from cl_bench.engine.run import run_experiment
-from cl_bench.engine.run_folder import saved_config_path
 from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.agem import AGEM
-from tests.helpers.config import TINY
 from tests.helpers.harness import batch_of, random_tasks, seeded_mlp, start_task
-from tests.helpers.runs import COMPARED, tiny_run
+from tests.helpers.runs import tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -169,19 +164,3 @@ def test_a_run_shares_task_a_with_the_baseline_and_forgets_less(tmp_path):
     pd.testing.assert_frame_equal(agem_rows.query("task == 0"), a.query("task == 0"))
     assert set(agem_rows.columns) == set(a.columns)  # no loss term of its own
     assert agem["forgetting"]["A"] < baseline["forgetting"]["A"]
-
-
-@pytest.mark.parametrize("stop_row", [6])  # inside task B, where the memory is used
-def test_stopped_and_resumed_equals_uninterrupted(make_config, tmp_path, stop_row):
-    common = ["method=agem", "scenario=class", "checkpoint.every=7", "first_task.cache=false", "model.dropout=0.1"]
-    whole, whole_dir = tiny_run(tmp_path, *common, name="whole")
-    stopped, stopped_dir = tiny_run(
-        tmp_path, *common, "logger._target_=tests.helpers.SignalAtRow", f"+logger.row={stop_row}", name="stopped"
-    )
-    assert stopped["status"] == "interrupted"
-    OmegaConf.save(make_config(TINY, *common), saved_config_path(stopped_dir))
-    resumed = run_experiment(make_config(TINY, *common, f"resume={stopped_dir}"), tmp_path)
-    assert resumed["status"] == "ok", resumed.get("error")
-    for key in COMPARED:
-        assert json.dumps(resumed[key]) == json.dumps(whole[key]), key
-    assert (stopped_dir / "metrics.jsonl").read_text() == (whole_dir / "metrics.jsonl").read_text()

@@ -3,22 +3,17 @@ computed by hand, refusals, resume and runs."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from cl_bench.engine.run import run_experiment
-from cl_bench.engine.run_folder import saved_config_path
 from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.der import DER, last_writes, reservoir_slots
-from tests.helpers.config import TINY
 from tests.helpers.harness import batch_of, random_tasks, seeded_mlp, start_task
-from tests.helpers.runs import COMPARED, tiny_run
+from tests.helpers.runs import tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -233,19 +228,3 @@ def test_der_runs_train_task_a_themselves_and_forget_less(tmp_path, scenario):
         assert rows.query("task == 0 and step > 0")["loss/der_logits"].notna().all()
         assert ("loss/der_labels" in rows) == (method == "derpp")
         assert summary["forgetting"]["A"] < baseline["forgetting"]["A"]
-
-
-@pytest.mark.parametrize("stop_row", [2, 6])  # inside task A (the buffer filling), inside task B
-def test_stopped_and_resumed_equals_uninterrupted(make_config, tmp_path, stop_row):
-    common = ["method=derpp", "scenario=class", "checkpoint.every=7", "first_task.cache=false", "model.dropout=0.1"]
-    whole, whole_dir = tiny_run(tmp_path, *common, name="whole")
-    stopped, stopped_dir = tiny_run(
-        tmp_path, *common, "logger._target_=tests.helpers.SignalAtRow", f"+logger.row={stop_row}", name="stopped"
-    )
-    assert stopped["status"] == "interrupted"
-    OmegaConf.save(make_config(TINY, *common), saved_config_path(stopped_dir))
-    resumed = run_experiment(make_config(TINY, *common, f"resume={stopped_dir}"), tmp_path)
-    assert resumed["status"] == "ok", resumed.get("error")
-    for key in COMPARED:
-        assert json.dumps(resumed[key]) == json.dumps(whole[key]), key
-    assert (stopped_dir / "metrics.jsonl").read_text() == (whole_dir / "metrics.jsonl").read_text()

@@ -8,10 +8,7 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from cl_bench.engine.run import run_experiment
-from cl_bench.engine.run_folder import saved_config_path
 from cl_bench.engine.scenario import Scenario
 from cl_bench.errors import ConfigError
 from cl_bench.methods.build import build_method
@@ -19,7 +16,7 @@ from cl_bench.methods.icarl import ICaRL
 from cl_bench.methods.replay import herding
 from tests.helpers.config import TINY
 from tests.helpers.harness import batch_of, nudge, random_tasks, seeded_mlp, start_task
-from tests.helpers.runs import COMPARED, tiny_run
+from tests.helpers.runs import tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -161,19 +158,3 @@ def test_a_tiny_class_il_run_trains_task_a_itself_and_predicts_by_nearest_mean(t
     trained = [row for row in rows if "loss/icarl" in row]
     assert trained and all(row["loss/task"] == 0.0 for row in trained)
     assert icarl["score"] > baseline["score"]
-
-
-@pytest.mark.parametrize("stop_row", [2, 6])  # inside task A, inside task B (teacher and memory restored)
-def test_stopped_and_resumed_equals_uninterrupted(make_config, tmp_path, stop_row):
-    common = ["method=icarl", "scenario=class", "first_task.cache=false", "model.dropout=0.1"]
-    whole, whole_dir = tiny_run(tmp_path, *common, name="whole")
-    stopped, stopped_dir = tiny_run(
-        tmp_path, *common, "logger._target_=tests.helpers.SignalAtRow", f"+logger.row={stop_row}", name="stopped"
-    )
-    assert stopped["status"] == "interrupted"
-    OmegaConf.save(make_config(TINY, *common), saved_config_path(stopped_dir))
-    resumed = run_experiment(make_config(TINY, *common, f"resume={stopped_dir}"), tmp_path)
-    assert resumed["status"] == "ok", resumed.get("error")
-    for key in COMPARED:
-        assert json.dumps(resumed[key]) == json.dumps(whole[key]), key
-    assert (stopped_dir / "metrics.jsonl").read_text() == (whole_dir / "metrics.jsonl").read_text()
