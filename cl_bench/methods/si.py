@@ -7,8 +7,13 @@ from torch import Tensor, nn
 
 from cl_bench.engine.per_sample_grads import trainable_parameters
 from cl_bench.methods.base import Batch, Method, TrainContext
-from cl_bench.methods.params import number
+from cl_bench.methods.params import choice, number
 from cl_bench.methods.quadratic import Pull, Quadratic
+
+
+# Which gradient the path integral takes: the unregularised loss's (Zenke et al.) or the total loss's,
+# the penalty's included (van de Ven & Tolias's code).
+PATH_GRADIENTS = ("task", "total")
 
 
 class SI(Method):
@@ -20,10 +25,10 @@ class SI(Method):
     integral (the loss's decrease that the parameter's motion explains). The penalty is taken without
     autograd (`quadratic.Quadratic.pull`): `loss_terms` returns its value at the step's parameters as a
     detached term (``loss/si``), and `after_backward` keeps the backward pass's gradient as g, then adds
-    the penalty's closed-form gradient 2c·Ω·(θ − θ*) for the optimiser. (van de Ven & Tolias's code
-    integrates the step's total gradient, the penalty's included.) At the task's end Ω_k += ω_k / ((θ_k − θ_k^start)² + ξ), θ* ← θ, ω ← 0.
+    the penalty's closed-form gradient 2c·Ω·(θ − θ*) for the optimiser. `path_gradient=total` integrates
+    the step's total gradient instead, the penalty's included, as van de Ven & Tolias's code does. At the task's end Ω_k += ω_k / ((θ_k − θ_k^start)² + ξ), θ* ← θ, ω ← 0.
 
-    c: the penalty's strength; xi: the damping ξ (van de Ven & Tolias's `epsilon`, 0.1). Head rows added
+    c: the penalty's strength; path_gradient: task | total, above; xi: the damping ξ (van de Ven & Tolias's `epsilon`, 0.1). Head rows added
     after a task carry no Ω of it. Task A builds Ω, so SI does not share the cached task A.
     """
 
@@ -31,9 +36,10 @@ class SI(Method):
     selectable = ("c",)
     loss_name = "si"
 
-    def __init__(self, c: float = 1000.0, xi: float = 0.1):
+    def __init__(self, c: float = 1000.0, xi: float = 0.1, path_gradient: str = "task"):
         self.c = number("c", c, "≥ 0", lambda v: v >= 0)
         self.xi = number("xi", xi, "> 0", lambda v: v > 0)
+        self.path_gradient = choice("path_gradient", path_gradient, PATH_GRADIENTS)
         self.term: Quadratic | None = None  # Ω (its `fisher`) and θ* (its `center`)
         self.omega: dict[str, Tensor] = {}  # ω of the task being trained
         self.start: dict[str, Tensor] = {}  # θ at its start
@@ -56,8 +62,12 @@ class SI(Method):
         return {self.loss_name: value}
 
     def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
-        """g = the backward pass's gradient (the unregularised loss's); then the penalty's gradient is added."""
+        """The penalty's gradient is added to the backward pass's; g is the gradient before it
+        (`path_gradient=task`) or after it (`total`)."""
         params = {name: p for name, p in trainable_parameters(model).items() if p.grad is not None}
+        if self.path_gradient == "total" and self._pull is not None:
+            self._pull.apply()
+            self._pull = None
         self.grad = dict(zip(params, torch._foreach_mul([p.grad for p in params.values()], 1.0)))
         if self._pull is not None:
             self._pull.apply()

@@ -96,7 +96,10 @@ class Steps:
             logits = self.model(x)
             task_loss = self.scenario.loss(logits, y, batch.task_ids)
             params = dict(self.model.named_parameters())
-            g = dict(zip(params, torch.autograd.grad(task_loss, list(params.values()), retain_graph=True)))
+            integrated = task_loss  # the loss whose gradient the path integral takes
+            if self.si.path_gradient == "total" and self.si.term is not None:
+                integrated = task_loss + self.si.c * self.si.term.value(params)  # the penalty, with autograd
+            g = dict(zip(params, torch.autograd.grad(integrated, list(params.values()), retain_graph=True)))
             before = {name: p.detach().clone() for name, p in params.items()}
             loss = task_loss + sum(self.si.loss_terms(ctx, batch, logits).values())
             optimizer.zero_grad(set_to_none=True)
@@ -108,9 +111,10 @@ class Steps:
         return ctx, products
 
 
+@pytest.mark.parametrize("path_gradient", ["task", "total"])  # Zenke et al.'s g, van de Ven & Tolias's
 @pytest.mark.parametrize("task_idx", [0, 1])  # without, then with the penalty of task 0 in the step's gradient
-def test_omega_is_the_path_integral_of_the_task_loss_gradient(task_idx):
-    steps = Steps(SI(c=5.0))
+def test_omega_is_the_path_integral_of_the_task_loss_gradient(task_idx, path_gradient):
+    steps = Steps(SI(c=5.0, path_gradient=path_gradient))
     if task_idx == 1:
         ctx, _ = steps.task(0, 3)
         steps.si.after_task(ctx)
