@@ -13,8 +13,11 @@
 # sorberg       Sörberg's permuted MNIST: no penalty, EWC on all earlier tasks,
 #               EWC on the last one only                                           3 rows x 3 seeds
 # van_de_ven    van de Ven & Tolias's split MNIST (5 tasks x 2 digits, MLP 2x400,
-#               2000 iterations a task): None, Offline, EWC, Online EWC, LwF;
-#               task-/domain-IL                                                    10 x 3 seeds
+#               2000 iterations a task): None, Offline, EWC, Online EWC, SI, LwF;
+#               task-/domain-IL                                                    12 x 3 seeds
+# buzzega       Buzzega et al.'s Seq-MNIST class-IL (5 tasks x 2 digits, MLP 2x100,
+#               SGD, batch 10, one epoch a task): SGD, JOINT, ER, A-GEM, iCaRL,
+#               DER, DER++ at buffers 200 and 500                                  12 rows x 3 seeds
 set -euo pipefail
 
 case "${1:-}" in
@@ -22,6 +25,7 @@ case "${1:-}" in
   ewc_tutorial) experiment=ewc_tutorial_split_mnist ;;
   sorberg) experiment=sorberg_permuted_mnist ;;
   van_de_ven) experiment=van_de_ven_split_mnist ;;
+  buzzega) experiment=buzzega_split_mnist ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | cut -c3- >&2; exit 2 ;;
 esac
 shift

@@ -180,7 +180,7 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, cl
     method.check(tasks)
     check_against_tasks(cfg, tasks)
     write_json([task_record(task) for task in tasks], run_dir / TASKS_FILE)
-    scenario = Scenario(cfg.scenario, [task.n_classes for task in tasks])
+    scenario = Scenario(cfg.scenario, [task.n_classes for task in tasks], cfg.class_head)
     model = instantiate(cfg.model, input_shape=tasks[0].input_shape, n_outputs=scenario.n_outputs(0),
                         **device_model_options(cfg.model, device))
     if cfg.init_from:

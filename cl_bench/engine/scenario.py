@@ -15,6 +15,9 @@ from torch import Tensor
 from cl_bench.errors import ConfigError
 
 SCENARIOS = ("task", "domain", "class")
+# Class-IL's head: `grow` adds a task's units when it starts (van de Ven & Tolias); `full` has every class's
+# unit from the first task on, trained and predicted over all of them (Mammoth, Buzzega et al. 2020).
+CLASS_HEADS = ("grow", "full")
 
 
 def check_scenario(name: str) -> None:
@@ -24,9 +27,10 @@ def check_scenario(name: str) -> None:
 
 
 class Scenario:
-    def __init__(self, name: str, classes_per_task: list[int]):
+    def __init__(self, name: str, classes_per_task: list[int], class_head: str = "grow"):
         check_scenario(name)
         self.name = name
+        self.full_head = name == "class" and class_head == "full"
         self.classes_per_task = list(classes_per_task)
         starts = [0]
         for n in self.classes_per_task:
@@ -45,7 +49,7 @@ class Scenario:
         """Size of the head while training task `task_idx`."""
         if self.shared_head:
             return max(self.classes_per_task)
-        return self._starts[task_idx + 1]
+        return self._starts[-1] if self.full_head else self._starts[task_idx + 1]
 
     def task_units(self, task_idx: int) -> slice:
         """The output units that task `task_idx`'s labels map to."""

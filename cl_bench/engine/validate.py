@@ -26,7 +26,7 @@ from cl_bench.data.task import Task
 from cl_bench.engine.device import PRECISIONS
 from cl_bench.engine.evaluation import ACCURACIES, TASK_AWARE
 from cl_bench.engine.optim import OPTIMIZER_STATES
-from cl_bench.engine.scenario import check_scenario
+from cl_bench.engine.scenario import CLASS_HEADS, check_scenario
 from cl_bench.errors import ConfigError
 from cl_bench.models.options import check_channels_last
 
@@ -244,6 +244,9 @@ def validate_config(cfg: DictConfig) -> None:
     _orders(cfg)
     _choice("optimizer_state", cfg.optimizer_state, OPTIMIZER_STATES)
     _choice("accuracy", cfg.accuracy, ACCURACIES)
+    _choice("class_head", cfg.class_head, CLASS_HEADS)
+    if cfg.class_head == "full" and cfg.scenario != "class":
+        raise ConfigError(f"class_head=full: only class-IL's head can hold every class from the start (scenario={cfg.scenario})")
     if cfg.accuracy == TASK_AWARE and cfg.scenario == "domain":
         raise ConfigError("accuracy=task_aware: domain-IL has one shared label space; use accuracy=scenario")
     if cfg.threads is not None and cfg.threads != "auto" and not _is_integer(cfg.threads, 1):

@@ -106,7 +106,8 @@ class ICaRL(Replay):
         if ctx.task_idx > 0:
             with torch.no_grad():
                 old = torch.sigmoid(self._teacher(ctx)(batch.x))
-            targets[:, : old.shape[1]] = old
+            n_old = ctx.scenario.task_units(ctx.task_idx).start  # the old classes' units (class-IL)
+            targets[:, :n_old] = old[:, :n_old]
         return {"icarl": F.binary_cross_entropy_with_logits(logits, targets)}
 
     def _teacher(self, ctx: TrainContext) -> nn.Module:

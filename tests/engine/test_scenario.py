@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.engine.scenario import Scenario
+from cl_bench.engine.validate import validate_config
+from cl_bench.errors import ConfigError
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
 
@@ -50,3 +52,23 @@ def test_grow_head_keeps_old_rows_exactly():
     assert model.head.weight.shape == (5, 8)
     assert torch.equal(model.head.weight[:3], old_weight) and torch.equal(model.head.bias[:3], old_bias)
     assert not grow_head(model, 5)
+
+
+def test_a_full_class_il_head_holds_every_class_from_the_start_and_trains_over_all_of_them():
+    """class_head=full (Mammoth's head): every task's head has all units; the loss and the prediction span
+    them, unseen classes included; the task-aware prediction stays within the task's units."""
+    scenario = Scenario("class", [2, 3, 2], class_head="full")
+    assert [scenario.n_outputs(t) for t in range(3)] == [7, 7, 7]
+    assert scenario.units_existing_before(1) == 7 and scenario.task_units(1) == slice(2, 5)
+    logits = torch.randn(4, 7, generator=torch.Generator().manual_seed(0))
+    y, task_ids = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 0, 1, 2])
+    targets = torch.tensor([0, 1, 4, 5])
+    torch.testing.assert_close(scenario.loss(logits, y, task_ids), F.cross_entropy(logits, targets))
+    assert torch.equal(scenario.predict(logits, 0), logits.argmax(1))
+    assert torch.equal(scenario.predict(logits, 1, task_aware=True), logits[:, 2:5].argmax(1) + 2)
+    assert Scenario("class", [2, 3, 2]).n_outputs(0) == 2  # the default grows
+
+
+def test_a_full_head_outside_class_il_is_refused(make_config):
+    with pytest.raises(ConfigError, match="class_head=full: only class-IL"):
+        validate_config(make_config("class_head=full", "scenario=task"))
