@@ -16,22 +16,23 @@ from omegaconf import DictConfig, OmegaConf
 from cl_bench.engine.checkpoint import CorruptState, load_checkpoint, remove_partial_writes, save_checkpoint
 from cl_bench.engine.trainer import Trainer
 from cl_bench.engine.trainer_state import STATE_FORMAT
+from cl_bench.results.experiment_keys import experiment_identity
 from cl_bench.results.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
 
-# What determines the first task's training and its metrics rows. Not: the later tasks' lr and
-# budget, the method (its first task trains as the baseline's), the logger, checkpoints.
-KEY_FIELDS = (
-    "dataset", "scenario", "model", "optimizer", "first_task", "seed", "batch_size", "eval_every", "init_from",
-    "precision", "task_order",
-)
+# The keys of a run's experiment (results/experiment_keys.py) that do not change its first task: the later
+# tasks' learning rate, budget and optimiser carry-over, the methods (a method whose first task trains otherwise
+# never takes it from the cache), and which accuracy the Score follows (its window lies in the last task). Every
+# other key of the experiment is in the key: a key added later (e.g. `class_head`) splits the cache, never
+# shares a state trained under another setting.
+LATER_TASK_KEYS = ("method", "plus", "lr", "steps", "epochs", "optimizer_state", "accuracy")
 
 
 def first_task_key(cfg: DictConfig, device_type: str) -> str:
     """A hash of everything that determines the trained task-A state (and the init file's identity)."""
-    fields = {key: OmegaConf.to_container(cfg, resolve=True).get(key) for key in KEY_FIELDS}
-    fields["first_task"] = {k: v for k, v in fields["first_task"].items() if k != "cache"}
+    fields = experiment_identity(cfg, ignore=LATER_TASK_KEYS)
+    fields["seed"] = cfg.seed
     if cfg.init_from:
         stat = Path(cfg.init_from).expanduser().stat()
         fields["init_file"] = [stat.st_size, stat.st_mtime_ns]

@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from cl_bench.data.sequences import build_task_sequence
+from cl_bench.engine.first_task_cache import first_task_key
 from cl_bench.engine.validate import validate_config
 from cl_bench.errors import ConfigError
 from cl_bench.results.metrics import peak_score
@@ -138,3 +139,20 @@ def test_precision_fp32_is_auto_on_cpu_and_bf16_autocasts(make_config, tmp_path)
         validate_config(make_config("precision=fp16"))
     with pytest.raises(ConfigError, match="model.channels_last='yes'"):
         validate_config(make_config("model=resnet18", "model.channels_last=yes"))
+
+
+@pytest.mark.parametrize(
+    ("other", "shared"),
+    [
+        (["method=ewc"], True),  # the method: its first task trains as the baseline's
+        (["lr=1e-4", "steps=7"], True),  # the later tasks' learning rate and budget
+        (["threads=2", "checkpoint.every=5"], True),  # how the run is done, not what it computes
+        (["scenario=class", "class_head=full"], False),  # a key that changes task A's head
+        (["first_task.lr=1e-4"], False),
+        (["seed=1"], False),
+        (["+buffer=200"], False),  # a key of the user's own: never shared across its values
+    ],
+)
+def test_the_task_a_cache_key_changes_with_what_trains_task_a_and_nothing_else(make_config, other, shared):
+    base = make_config("scenario=class") if "class_head=full" in other else make_config()
+    assert (first_task_key(make_config(*other), "cpu") == first_task_key(base, "cpu")) is shared
