@@ -141,7 +141,9 @@ def test_help_shows_our_usage_and_the_version_above_hydras(installed, user_folde
     ours = text[: text.index("== Configuration groups ==")]
     assert "cl-bench +debug=tiny" in ours and "hydra/launcher=slurm" in ours and "resume=" in ours
     assert "docs/" in ours and "--config-dir" in ours
-    assert "method: baseline, ewc," in text and "Powered by Hydra" in text
+    method_line = next(line for line in text.splitlines() if line.startswith("method: "))
+    assert {"baseline", "ewc", "kd", "icarl"} <= set(method_line.removeprefix("method: ").split(", "))
+    assert "Powered by Hydra" in text
 
     done = run([str(bin_dir / "cl-bench"), "--config-dir", "myconf", "--help"], user_folder, env)
     assert "permuted_sklearn_digits" in done.stdout and ", mine," in done.stdout.replace("mine\n", "mine,")
