@@ -60,11 +60,13 @@ def small_config(data_dir: Path, output_root: Path, *overrides: str) -> DictConf
 
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory) -> dict[str, tuple[DictConfig, dict, Path]]:
-    """Three runs sharing one cache_dir: baseline from the files, baseline from the decoded cache
-    (trains task A again: its key differs), KD at lr 1e-4 from the decoded cache (reuses both)."""
+    """Three runs sharing one cache_dir: baseline from the files; baseline from the decoded cache, training
+    task A itself (`first_task.cache=false`: the decoded cache does not change what a run computes, so its
+    task A would otherwise come from the first run's); KD at lr 1e-4 from the decoded cache, which takes the
+    decoded images and the first run's task A from the caches."""
     out = tmp_path_factory.mktemp("out")
     done = {}
-    for name, overrides in (("files", []), ("cached", CACHED), ("kd", [*CACHED, "method=kd", "lr=1e-4"])):
+    for name, overrides in (("files", []), ("cached", [*CACHED, "first_task.cache=false"]), ("kd", [*CACHED, "method=kd", "lr=1e-4"])):
         cfg = small_config(data_dir, out, *overrides)
         run_dir = out / name
         summary = run_experiment(cfg, run_dir)
@@ -144,8 +146,8 @@ def test_decoded_cache_built_once_reused_and_same_accuracies(runs):
 
 
 def test_second_run_reuses_task_a(runs):
-    (_, cached, cached_dir), (_, kd, kd_dir) = runs["cached"], runs["kd"]
-    assert (cached["first_task_cached"], kd["first_task_cached"]) == (False, True)
+    (_, files, _), (_, cached, cached_dir), (_, kd, kd_dir) = runs["files"], runs["cached"], runs["kd"]
+    assert (files["first_task_cached"], cached["first_task_cached"], kd["first_task_cached"]) == (False, False, True)
     assert (kd["method"], kd["lr"]) == ("KD", 1e-4)
     a_rows = lambda d: metrics(d).query("task == 0").dropna(axis=1, how="all").reset_index(drop=True)  # noqa: E731
     assert len(a_rows(kd_dir)) == 4  # steps 0, 2, 4, 6
