@@ -244,6 +244,7 @@ class Trainer:
         remaining = run.indices[run.step - run.start :]
         optimizer, task_weight, model = self.optimizer, run.task_weight, self.model
         after_backward, after_step = defined_hook(self.method, "after_backward"), defined_hook(self.method, "after_step")
+        penalty_values = defined_hook(self.method, "penalty_values")
         started = time.perf_counter()
         for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
             index = index.to(self.device)
@@ -272,10 +273,14 @@ class Trainer:
             if at_eval or at_checkpoint or self.stop_requested:
                 self.result.train_seconds += time.perf_counter() - started
                 progress.update(run.step - run.start - progress.n)
-                self._check_finite(run)
+                penalties = {} if penalty_values is None else penalty_values(ctx)
+                self._check_finite(run, penalties)
                 if at_eval:
                     self.result.train_steps += run.since
                     means = {name: float(value) / run.since for name, value in run.sums.items()}
+                    if means:  # the penalties at this step's parameters; the total is the row's terms' sum
+                        means.update({name: float(value) for name, value in penalties.items()})
+                        means["total"] += sum(means[name] for name in penalties)
                     run.sums, run.since = {}, 0
                     self.evaluate(task_idx, run.step, means)
                     self.model.train()
@@ -297,12 +302,16 @@ class Trainer:
             return self.scenario.loss(logits, batch.y, batch.task_ids)
         return self.scenario.loss(logits[:n_own], batch.y[:n_own], batch.task_ids[:n_own])
 
-    def _check_finite(self, run: TaskRun) -> None:
-        """Raise if a step's loss was NaN or infinite since the last evaluation. The running sum of the
-        total loss is non-finite exactly when one was (in float64 finite float32 losses cannot overflow
-        it), so steps do no check of their own: one host sync per boundary."""
+    def _check_finite(self, run: TaskRun, penalties: dict[str, Tensor]) -> None:
+        """Raise if a step's loss was NaN or infinite since the last evaluation, or a closed-form penalty is
+        at this boundary. The running sum of the total loss is non-finite exactly when a step's was (in
+        float64 finite float32 losses cannot overflow it), so steps do no check of their own: one host sync
+        per boundary. A non-finite penalty gradient between boundaries leaves non-finite parameters, which
+        make every later step's loss, and the penalty at the boundary, non-finite too."""
         if "total" in run.sums:
             run.nonfinite |= ~torch.isfinite(run.sums["total"])
+        for value in penalties.values():
+            run.nonfinite |= ~torch.isfinite(value)
         if bool(run.nonfinite):
             first = self.global_step - run.since + 1
             raise NonFiniteLoss(

@@ -63,7 +63,7 @@ class AGEM(Method):
         size = len(memory["y"])
         m = min(self.memory_batch_size or ctx.batch_size, size)
         pick = torch.randperm(size, generator=ctx.generator)[:m].to(memory["y"].device)
-        return tuple(memory[key][pick].to(ctx.device) for key in ("x", "y", "task_ids"))
+        return tuple(memory[key].index_select(0, pick).to(ctx.device) for key in ("x", "y", "task_ids"))
 
     def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
         """Replace the step's gradient by its projection when it conflicts with g_ref (no-op during task A)."""

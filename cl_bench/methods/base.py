@@ -1,7 +1,8 @@
 """The method interface: hooks the trainer calls around every task and at every step.
 
 A step runs: `extend_batch` → forward → `loss_terms` → backward → `after_backward` → optimiser step →
-`after_step`; at evaluation, `predictor`. When methods are combined (methods/compose.py), their
+`after_step`. Where the trainer logs a row or checks for a non-finite loss, `penalty_values`; at evaluation,
+`predictor`. When methods are combined (methods/compose.py), their
 `after_backward` gradient edits run closed-form penalty gradients first, projections (A-GEM's) last
 (`gradient_edit_order`), so a projection sees the gradient that the optimiser will take.
 """
@@ -107,6 +108,14 @@ class Method:
     def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
         """After the optimiser step (e.g. a path integral over the update). Called only if the method
         overrides it (`defined_hook`)."""
+
+    def penalty_values(self, ctx: TrainContext) -> dict[str, Tensor]:
+        """The values, at the current parameters and without a graph, of the penalties whose gradient
+        `after_backward` adds in closed form (EWC's, L2's, SI's, MAS's), already weighted, by name. A step
+        computes none of them: the trainer asks for them only where it logs a row (`loss/<name>`, the value
+        at that step's parameters) or checks for a non-finite loss. Called only if the method overrides it
+        (`defined_hook`)."""
+        return {}
 
     def prediction_state(self) -> dict[str, Tensor]:
         """Tensors besides the model's weights that `predictor` depends on (e.g. iCaRL's exemplars): the

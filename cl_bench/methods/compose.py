@@ -3,7 +3,7 @@ with its own parameters under its own name (`method.kappa=2 plus.replay.memory_s
 
 The rules that make a combination one well-defined method (docs/methods.md#combining-methods):
 - Every hook runs for every part, in order: `method` first, then `plus` in the order listed.
-- Loss terms: each part's, by its own names; two parts may not log the same name.
+- Loss terms (`loss_terms`, `penalty_values`): each part's, by its own names; two parts may not log the same name.
 - The task's cross-entropy is weighted by the product of the parts' task weights (each part's other
   terms keep their own weights), so a part that weighs it 1/t (van de Ven & Tolias) does so in the combination.
 - Gradient edits (`after_backward`): by `gradient_edit_order`, closed-form penalty gradients before
@@ -19,7 +19,7 @@ The rules that make a combination one well-defined method (docs/methods.md#combi
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from torch import Tensor, nn
 
@@ -35,7 +35,7 @@ SINGLE_OWNER_HOOKS = {
     "stages": "adds training stages after a task's main steps",
 }
 # Hooks the trainer skips when undefined: the combination defines one only if a part does.
-OPTIONAL_HOOKS = ("after_backward", "after_step", "predictor", "stages")
+OPTIONAL_HOOKS = ("after_backward", "after_step", "penalty_values", "predictor", "stages")
 
 
 def defines(method: Method, name: str) -> bool:
@@ -90,13 +90,9 @@ class Combined(Method):
         """Every part's terms; a part that did not extend the batch sees only its own examples."""
         owner, n = self.owners.get("extend_batch"), self.n_own
         own = (batch, logits) if n == len(batch.y) else (own_examples(batch, n), logits[:n])
-        terms: dict[str, Tensor] = {}
-        for name, part in self.parts.items():
-            for term, value in part.loss_terms(ctx, *((batch, logits) if part is owner else own)).items():
-                if term in terms or term in ("task", "total"):
-                    raise RuntimeError(f"{name} logs the loss term {term!r}, which another part of the combination logs")
-                terms[term] = value
-        return terms
+        return _distinct_terms(
+            (name, part.loss_terms(ctx, *((batch, logits) if part is owner else own))) for name, part in self.parts.items()
+        )
 
     def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
         for part in self.gradient_editors:
@@ -105,6 +101,9 @@ class Combined(Method):
     def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
         for part in self.steppers:
             part.after_step(ctx, model)
+
+    def penalty_values(self, ctx: TrainContext) -> dict[str, Tensor]:
+        return _distinct_terms((name, part.penalty_values(ctx)) for name, part in self.parts.items())
 
     def prediction_state(self) -> dict[str, Tensor]:
         owner = self.owners.get("predictor")
@@ -133,6 +132,17 @@ class Combined(Method):
 def own_examples(batch: Batch, n: int) -> Batch:
     """The first `n` examples of `batch`: the task's own, before those a method added."""
     return Batch(batch.x[:n], batch.y[:n], batch.task_ids[:n], batch.index[:n])
+
+
+def _distinct_terms(named_terms: Iterable[tuple[str, dict[str, Tensor]]]) -> dict[str, Tensor]:
+    """The parts' terms in one dict (part name, its terms); a name two parts log is an error."""
+    terms: dict[str, Tensor] = {}
+    for name, part_terms in named_terms:
+        for term, value in part_terms.items():
+            if term in terms or term in ("task", "total"):
+                raise RuntimeError(f"{name} logs the loss term {term!r}, which another part of the combination logs")
+            terms[term] = value
+    return terms
 
 
 def _owner(parts: dict[str, Method], hook: str) -> Method | None:

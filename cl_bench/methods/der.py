@@ -90,7 +90,7 @@ class DER(Method):
         if not self.drawn:
             return batch
         pick = torch.cat(self.drawn).to(self.buffer["y"].device)
-        x, y, task_ids = (self.buffer[key][pick].to(batch.x.device) for key in ("x", "y", "task_ids"))
+        x, y, task_ids = (self.buffer[key].index_select(0, pick).to(batch.x.device) for key in ("x", "y", "task_ids"))
         return Batch(
             torch.cat([batch.x, x]),
             torch.cat([batch.y, y]),
@@ -106,7 +106,7 @@ class DER(Method):
         terms, start = {}, own
         if m and self.alpha > 0:
             pick = self.drawn[0].to(self.buffer["units"].device)
-            stored, units = self.buffer["logits"][pick].to(logits.device), self.buffer["units"][pick].to(logits.device)
+            stored, units = self.buffer["logits"].index_select(0, pick).to(logits.device), self.buffer["units"].index_select(0, pick).to(logits.device)
             terms["der_logits"] = self.alpha * logit_mse(logits[start : start + m], stored, units)
             start += m
         if m and self.beta > 0:

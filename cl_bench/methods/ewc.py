@@ -9,10 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from cl_bench.data.task import Task
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.base import Method, TrainContext
 from cl_bench.methods.fisher import LABELS, diagonal_fisher
 from cl_bench.methods.params import choice, count, number, together, within_tasks
-from cl_bench.methods.quadratic import Pull, Quadratic
+from cl_bench.methods.quadratic import Quadratic
 
 SCOPES = ("all", "last")
 MODES = ("separate", "sum", "online")
@@ -37,9 +37,9 @@ class EWC(Method):
     approximation of the sum, also O(parameters)). ``sum`` and ``online`` need scope ``all``.
     fisher_samples: null averages over every training example of the task (van de Ven & Tolias).
 
-    A step takes the penalty without autograd (`quadratic.Quadratic.pull`): `loss_terms` returns its value
-    at the step's parameters (before the update) as a detached term, the logged ``loss/ewc``, and
-    `after_backward` adds its gradient 2λ·Σ_j F_j·(θ − θ*_j) to the gradients in place. In every mode the
+    A step takes the penalty without autograd: `after_backward` adds its gradient 2λ·Σ_j F_j·(θ − θ*_j) to
+    the gradients in place (`quadratic.Quadratic.add_gradient`); its value, the logged ``loss/ewc``, is
+    computed only where a row is logged or the loss checked (`penalty_values`). In every mode the
     step uses the stored terms summed into one quadratic (`Quadratic.merged`, computed once per task): the
     same value and gradient as the per-task sum, at O(parameters) per step; ``separate`` still stores
     (and checkpoints) each task's term.
@@ -71,7 +71,6 @@ class EWC(Method):
         self.terms: list[Quadratic] = []
         self.fisher_counts: list[int] = []
         self._summed: Quadratic | None = None  # the terms as one quadratic, made at the first step of a task
-        self._pull: Pull | None = None  # the step's penalty gradient, from loss_terms to after_backward
 
     def check(self, tasks: list[Task]) -> None:
         """Every task whose Fisher a later task uses must hold `fisher_samples` training examples."""
@@ -117,24 +116,25 @@ class EWC(Method):
             self._summed = reduce(Quadratic.merged, self.terms)
         return self._summed
 
-    def pull(self, params: dict[str, Tensor]) -> tuple[Tensor, Pull]:
-        """λ·Σ_j F_j(θ − θ*_j)² at `params`, without a graph, and its gradient to add after backward."""
-        return self.summed().pull(params, self.lambda_)
+    def penalty(self, params: dict[str, Tensor]) -> Tensor:
+        """λ·Σ_j F_j(θ − θ*_j)² at `params`."""
+        return self.lambda_ * self.summed().value(params)
 
-    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
-        """The penalty's value as a detached term (none before the first task has ended); its gradient
-        waits for `after_backward`."""
-        self._pull = None
-        if not self.terms:
-            return {}
-        value, self._pull = self.pull(dict(ctx.model.named_parameters()))
-        return {self.loss_name: value}
+    def add_penalty_gradient(self, params: dict[str, Tensor]) -> None:
+        """grad += the penalty's gradient 2λ·Σ_j F_j(θ − θ*_j), in place."""
+        self.summed().add_gradient(params, self.lambda_)
 
     def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
-        """Add the step's penalty gradient to the parameters' gradients."""
-        if self._pull is not None:
-            self._pull.apply()
-            self._pull = None
+        """Add the penalty's gradient (none before the first task has ended)."""
+        if self.terms:
+            self.add_penalty_gradient(dict(model.named_parameters()))
+
+    def penalty_values(self, ctx: TrainContext) -> dict[str, Tensor]:
+        """The penalty at the current parameters (none before the first task has ended)."""
+        if not self.terms:
+            return {}
+        with torch.no_grad():
+            return {self.loss_name: self.penalty(dict(ctx.model.named_parameters()))}
 
     def state_dict(self) -> dict:
         return {
@@ -154,4 +154,4 @@ class EWC(Method):
             Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"])) for t in state["terms"]
         ]
         self.fisher_counts = list(state["fisher_counts"])
-        self._summed, self._pull = None, None
+        self._summed = None

@@ -11,7 +11,7 @@ from cl_bench.engine.fewer_ops import leading_block
 from cl_bench.methods.base import TrainContext
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.params import choice, together
-from cl_bench.methods.quadratic import Pull, stored_part
+from cl_bench.methods.quadratic import stored_part
 
 FORMS = ("squared", "norm")
 
@@ -24,9 +24,9 @@ class L2(EWC):
     gradient at θ = θ*, where the norm has none, is torch's subgradient). The default squares, as the
     tutorial's formula and the two-cities post's Σ_j (θ^(j) − θ_A^(j))² say.
 
-    As EWC's, the penalty is taken without autograd: its value as a detached term (``loss/l2``) and its
-    closed-form gradient added after backward, 2λ·Σ_j (θ − θ*_j) squared, λ·Σ_j (θ − θ*_j)/‖θ − θ*_j‖
-    per tensor for `form=norm` (0 where θ = θ*_j).
+    As EWC's, the penalty is taken without autograd: its closed-form gradient is added after backward,
+    2λ·Σ_j (θ − θ*_j) squared, λ·Σ_j (θ − θ*_j)/‖θ − θ*_j‖ per tensor for `form=norm` (0 where θ = θ*_j);
+    its value (``loss/l2``) is computed only where a row is logged or the loss checked.
     """
 
     loss_name = "l2"
@@ -45,18 +45,26 @@ class L2(EWC):
     def importance(self, ctx: TrainContext) -> dict[str, Tensor]:
         return {name: torch.ones_like(p) for name, p in ctx.model.named_parameters() if p.requires_grad}
 
-    def pull(self, params: dict[str, Tensor]) -> tuple[Tensor, Pull]:
+    def penalty(self, params: dict[str, Tensor]) -> Tensor:
         if self.form == "squared":
-            return super().pull(params)
-        norms, direction = [], {}
+            return super().penalty(params)
+        norms = [
+            torch.linalg.vector_norm(stored_part(params, name, center) - center)
+            for term in self.terms
+            for name, center in term.center.items()
+        ]
+        return self.lambda_ * torch.stack(norms).sum()
+
+    def add_penalty_gradient(self, params: dict[str, Tensor]) -> None:
+        if self.form == "squared":
+            super().add_penalty_gradient(params)
+            return
         with torch.no_grad():
-            for term in self.terms:  # a head's rows only grow, so the last term's block is the largest
+            for term in self.terms:
                 for name, center in term.center.items():
                     diff = stored_part(params, name, center).detach() - center
                     norm = torch.linalg.vector_norm(diff)
-                    norms.append(norm)
-                    total = direction.setdefault(name, torch.zeros_like(self.terms[-1].center[name]))
-                    leading_block(total, center.shape).add_(torch.where(norm > 0, diff / norm, 0.0))
-        names = list(direction)
-        value = self.lambda_ * torch.stack(norms).sum()
-        return value, Pull([params[name] for name in names], [direction[name] for name in names], self.lambda_)
+                    p = params[name]
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    leading_block(p.grad, center.shape).add_(torch.where(norm > 0, diff / norm, 0.0), alpha=self.lambda_)

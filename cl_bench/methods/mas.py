@@ -8,10 +8,10 @@ from torch import Tensor, nn
 
 from cl_bench.data.task import Split, Task
 from cl_bench.engine.per_sample_grads import trainable_parameters
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.base import Method, TrainContext
 from cl_bench.methods.fisher import eval_mode
 from cl_bench.methods.params import count, number, within_tasks
-from cl_bench.methods.quadratic import Pull, Quadratic
+from cl_bench.methods.quadratic import Quadratic
 
 
 def mas_importance(model: nn.Module, split: Split, index: Tensor, batch_size: int = 128) -> dict[str, Tensor]:
@@ -46,8 +46,9 @@ class MAS(Method):
 
     lambda: 1.0, the λ Aljundi et al. report for their object-recognition task sequences.
 
-    The penalty is taken without autograd (`quadratic.Quadratic.pull`): its value at the step's parameters
-    as a detached term (``loss/mas``), its gradient 2λ·Ω·(θ − θ*) added after backward.
+    The penalty is taken without autograd: its gradient 2λ·Ω·(θ − θ*) is added after backward
+    (`quadratic.Quadratic.add_gradient`); its value (``loss/mas``) is computed only where a row is logged or
+    the loss checked (`penalty_values`).
     """
 
     selectable = ("lambda",)
@@ -58,7 +59,6 @@ class MAS(Method):
         self.samples = None if samples is None else count("samples", samples)
         self.term: Quadratic | None = None  # Ω (its `fisher`) and θ* (its `center`)
         self.sample_counts: list[int] = []
-        self._pull: Pull | None = None  # the step's penalty gradient, from loss_terms to after_backward
 
     def check(self, tasks: list[Task]) -> None:
         """Every task whose Ω a later task uses must hold `samples` training examples."""
@@ -78,18 +78,17 @@ class MAS(Method):
         new = Quadratic(omega, {name: params[name].detach().clone() for name in omega})
         self.term = new if self.term is None else self.term.reanchored(new)
 
-    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
-        """λ·Σ Ω(θ − θ*)² as a detached term (none during task A); its gradient waits for after_backward."""
-        self._pull = None
+    def penalty_values(self, ctx: TrainContext) -> dict[str, Tensor]:
+        """λ·Σ Ω(θ − θ*)² at the current parameters (none during task A)."""
         if self.term is None:
             return {}
-        value, self._pull = self.term.pull(dict(ctx.model.named_parameters()), self.lambda_)
-        return {self.loss_name: value}
+        with torch.no_grad():
+            return {self.loss_name: self.lambda_ * self.term.value(dict(ctx.model.named_parameters()))}
 
     def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
-        if self._pull is not None:
-            self._pull.apply()
-            self._pull = None
+        """Add the penalty's gradient (none during task A)."""
+        if self.term is not None:
+            self.term.add_gradient(dict(model.named_parameters()), self.lambda_)
 
     def state_dict(self) -> dict:
         return {"terms": [] if self.term is None else [self.term.state()], "sample_counts": list(self.sample_counts)}
@@ -99,4 +98,3 @@ class MAS(Method):
         for t in state["terms"]:
             self.term = Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"]))
         self.sample_counts = list(state["sample_counts"])
-        self._pull = None

@@ -1,10 +1,10 @@
 """The quadratic penalty EWC, L2, SI and MAS keep, Σ_i F_i·(θ_i − θ*_i)² + C, and how two of them
 combine: summed into one at O(parameters) per step (`merged`) or re-anchored (online EWC).
 
-At a training step the methods take the penalty without autograd (`Quadratic.pull`): its value at the
-step's parameters, computed with no graph and returned as a detached loss term (logged, and summed into
-the total the trainer's NaN guard watches), and its closed-form gradient 2λ·F·(θ − θ*), added to the
-gradients in place after backward (`Pull.apply`) with torch's `_foreach_` ops over the parameter list."""
+A training step takes no value of the penalty and builds no graph for it: the methods add its closed-form
+gradient 2λ·F·(θ − θ*) to the gradients after backward (`Quadratic.add_gradient`, two `_foreach_` ops
+over the parameter list). Its value (`Quadratic.value`) is computed only where the trainer logs a row or
+checks for a non-finite loss (`Method.penalty_values`)."""
 
 from __future__ import annotations
 
@@ -26,31 +26,36 @@ class Quadratic:
     center: dict[str, Tensor]
     center_low: dict[str, Tensor] = field(default_factory=dict)
     constant: float = 0.0
-    _work: dict[str, tuple[Tensor, Tensor]] | None = field(default=None, init=False, repr=False, compare=False)
+    _weighted_center: list[Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def value(self, params: dict[str, Tensor]) -> Tensor:
         terms = ((f * self._offset(params, name, f).square()).sum() for name, f in self.fisher.items())
         return plus_constant(sum_of(terms), self.constant)
 
-    def pull(self, params: dict[str, Tensor], scale: float) -> tuple[Tensor, Pull]:
-        """scale·`value(params)` without an autograd graph, and its gradient 2·scale·F·(θ − center − center_low)
-        on each stored block, to add after backward. The value is Σ_i (F·d)_i·d_i from the same d = θ − center
-        the gradient uses (one dot product per parameter tensor). d and F·d are written into buffers kept
-        from step to step (no allocation per step): the returned Pull is valid until the next call."""
-        if self._work is None:
-            self._work = {name: (torch.empty_like(f), torch.empty_like(f)) for name, f in self.fisher.items()}
-        dots = []
+    def add_gradient(self, params: dict[str, Tensor], scale: float) -> None:
+        """grad += 2·scale·F·(θ − center − center_low) on each parameter's stored block, in place and without
+        a graph, as 2·scale·(F·θ − b) with b = F·(center + center_low) computed once (in float64, then rounded):
+        two `_foreach_` ops over the parameter list and no buffer per step. Its rounding error is a few ulps
+        of 2·scale·F·|θ|, the gradient's change when θ moves by one ulp. A parameter without a gradient gets
+        one, as autograd would have given it through the penalty."""
+        if self._weighted_center is None:
+            self._weighted_center = [(f.double() * self._center64(name)).to(f.dtype) for name, f in self.fisher.items()]
+        grads, thetas = [], []
+        for name, f in self.fisher.items():
+            theta = stored_part(params, name, f)
+            p = params[name]
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(leading_block(p.grad, f.shape))
+            thetas.append(theta.detach())
         with torch.no_grad():
-            for name, f in self.fisher.items():
-                diff, weighted = self._work[name]
-                torch.sub(stored_part(params, name, f).detach(), self.center[name], out=diff)
-                if name in self.center_low:
-                    diff.sub_(self.center_low[name])
-                torch.mul(diff, f, out=weighted)
-                dots.append(torch.dot(weighted.view(-1), diff.view(-1)))
-            value = plus_constant(torch.stack(dots).sum(), self.constant) * scale
-        names = list(self.fisher)
-        return value, Pull([params[name] for name in names], [self._work[name][1] for name in names], 2 * scale)
+            torch._foreach_addcmul_(grads, list(self.fisher.values()), thetas, value=2 * scale)
+            torch._foreach_sub_(grads, self._weighted_center, alpha=2 * scale)
+
+    def _center64(self, name: str) -> Tensor:
+        """center + center_low of parameter `name`, in float64."""
+        center = self.center[name].double()
+        return center + self.center_low[name].double() if name in self.center_low else center
 
     def _offset(self, params: dict[str, Tensor], name: str, f: Tensor) -> Tensor:
         """θ − center (− center_low) on the stored block of parameter `name`."""
@@ -87,25 +92,6 @@ class Quadratic:
 
     def state(self) -> dict:
         return {"fisher": self.fisher, "center": self.center, "center_low": self.center_low, "constant": self.constant}
-
-
-@dataclass
-class Pull:
-    """A penalty's gradient at the step's parameters, waiting for backward: `alpha`·`direction` on the
-    leading block of each parameter (the block a stored term covers; rows a head gained since carry none)."""
-
-    params: list[Tensor]
-    direction: list[Tensor]
-    alpha: float
-
-    def apply(self) -> None:
-        """grad += alpha·direction on each parameter's stored block, in place (a parameter without a gradient
-        gets one, as autograd would have given it through the penalty)."""
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [leading_block(p.grad, d.shape) for p, d in zip(self.params, self.direction)]
-        torch._foreach_add_(grads, self.direction, alpha=self.alpha)
 
 
 def stored_part(params: dict[str, Tensor], name: str, stored: Tensor) -> Tensor:

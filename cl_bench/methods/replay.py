@@ -155,7 +155,7 @@ class Replay(Method):
             return batch
         size = len(self.memory["y"])
         pick = torch.randperm(size, generator=ctx.generator)[: self.replayed_count(ctx)].to(self.memory["y"].device)
-        x, y, task_ids = (self.memory[key][pick].to(batch.x.device) for key in ("x", "y", "task_ids"))
+        x, y, task_ids = (self.memory[key].index_select(0, pick).to(batch.x.device) for key in ("x", "y", "task_ids"))
         return Batch(
             torch.cat([batch.x, x]),
             torch.cat([batch.y, y]),

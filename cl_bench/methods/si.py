@@ -6,10 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from cl_bench.engine.per_sample_grads import trainable_parameters
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.base import Method, TrainContext
 from cl_bench.methods.params import choice, number
-from cl_bench.methods.quadratic import Pull, Quadratic
-
+from cl_bench.methods.quadratic import Quadratic
 
 # Which gradient the path integral takes: the unregularised loss's (Zenke et al.) or the total loss's,
 # the penalty's included (van de Ven & Tolias's code).
@@ -23,9 +22,9 @@ class SI(Method):
     During every task (the first too), after each optimiser step, ω_k += −g_k·Δθ_k: Δθ the step's
     update, g the gradient of the unregularised loss at the step, as Zenke et al. define the path
     integral (the loss's decrease that the parameter's motion explains). The penalty is taken without
-    autograd (`quadratic.Quadratic.pull`): `loss_terms` returns its value at the step's parameters as a
-    detached term (``loss/si``), and `after_backward` keeps the backward pass's gradient as g, then adds
-    the penalty's closed-form gradient 2c·Ω·(θ − θ*) for the optimiser. `path_gradient=total` integrates
+    autograd: `after_backward` keeps the backward pass's gradient as g, then adds the penalty's closed-form
+    gradient 2c·Ω·(θ − θ*) for the optimiser (`quadratic.Quadratic.add_gradient`); its value (``loss/si``)
+    is computed only where a row is logged or the loss checked (`penalty_values`). `path_gradient=total` integrates
     the step's total gradient instead, the penalty's included, as van de Ven & Tolias's code does. At the task's end Ω_k += ω_k / ((θ_k − θ_k^start)² + ξ), θ* ← θ, ω ← 0.
 
     c: the penalty's strength; path_gradient: task | total, above; xi: the damping ξ (van de Ven & Tolias's `epsilon`, 0.1). Head rows added
@@ -45,7 +44,6 @@ class SI(Method):
         self.start: dict[str, Tensor] = {}  # θ at its start
         self.previous: dict[str, Tensor] = {}  # θ before the step
         self.grad: dict[str, Tensor] = {}  # g of the step, from after_backward to after_step
-        self._pull: Pull | None = None  # the step's penalty gradient, from loss_terms to after_backward
 
     def before_task(self, ctx: TrainContext) -> None:
         params = trainable_parameters(ctx.model)
@@ -53,25 +51,23 @@ class SI(Method):
         self.previous = {name: p.detach().clone() for name, p in params.items()}
         self.omega = {name: torch.zeros_like(p) for name, p in params.items()}
 
-    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
-        """c·Σ Ω(θ − θ*)² as a detached term (none during the first task); its gradient waits for after_backward."""
-        self._pull = None
+    def penalty_values(self, ctx: TrainContext) -> dict[str, Tensor]:
+        """c·Σ Ω(θ − θ*)² at the current parameters (none during the first task)."""
         if self.term is None:
             return {}
-        value, self._pull = self.term.pull(dict(ctx.model.named_parameters()), self.c)
-        return {self.loss_name: value}
+        with torch.no_grad():
+            return {self.loss_name: self.c * self.term.value(dict(ctx.model.named_parameters()))}
 
     def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
         """The penalty's gradient is added to the backward pass's; g is the gradient before it
         (`path_gradient=task`) or after it (`total`)."""
+        named = dict(model.named_parameters())
+        if self.term is not None and self.path_gradient == "total":
+            self.term.add_gradient(named, self.c)
         params = {name: p for name, p in trainable_parameters(model).items() if p.grad is not None}
-        if self.path_gradient == "total" and self._pull is not None:
-            self._pull.apply()
-            self._pull = None
         self.grad = dict(zip(params, torch._foreach_mul([p.grad for p in params.values()], 1.0)))
-        if self._pull is not None:
-            self._pull.apply()
-            self._pull = None
+        if self.term is not None and self.path_gradient == "task":
+            self.term.add_gradient(named, self.c)
 
     def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
         """ω += −g·Δθ over the step just taken."""
@@ -106,4 +102,3 @@ class SI(Method):
         for t in state["terms"]:
             self.term = Quadratic(t["fisher"], t["center"], t["center_low"], float(t["constant"]))
         self.omega, self.start, self.previous = dict(state["omega"]), dict(state["start"]), dict(state["previous"])
-        self._pull = None

@@ -95,9 +95,10 @@ def test_gradient_edits_run_penalties_first_and_projections_last():
 def test_a_hook_no_part_defines_is_not_called_and_one_that_a_part_defines_is():
     kd_replay = kd_plus_replay()[0]
     assert defined_hook(kd_replay, "after_backward") is None and defined_hook(kd_replay, "after_step") is None
-    assert defined_hook(kd_replay, "predictor") is None
+    assert defined_hook(kd_replay, "predictor") is None and defined_hook(kd_replay, "penalty_values") is None
     with_si = Combined({"method": KD(), "plus.si": SI()})
     assert defined_hook(with_si, "after_backward") is not None and defined_hook(with_si, "after_step") is not None
+    assert defined_hook(with_si, "penalty_values") is not None
     assert with_si.changes_first_task  # SI's path integral runs on task A
 
 

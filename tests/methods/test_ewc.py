@@ -11,7 +11,7 @@ from torch import nn
 
 from cl_bench import CONFIG_DIR
 from cl_bench.engine.scenario import Scenario
-from cl_bench.methods.base import Batch, TrainContext
+from cl_bench.methods.base import TrainContext
 from cl_bench.methods.build import build_method
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.fisher import diagonal_fisher_loop
@@ -52,8 +52,8 @@ class Sequence:
 
 
 def term(method: EWC, ctx: TrainContext) -> torch.Tensor:
-    batch = Batch(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1))
-    return method.loss_terms(ctx, batch, torch.zeros(1, 2))[method.loss_name]
+    """The penalty's value as the trainer logs it (`penalty_values`)."""
+    return method.penalty_values(ctx)[method.loss_name]
 
 
 def grads(value: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
@@ -61,9 +61,8 @@ def grads(value: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
 
 
 def step_grads(method: EWC, ctx: TrainContext) -> list[torch.Tensor]:
-    """The gradient the penalty adds at a step: `loss_terms`, then `after_backward` on gradients set to None."""
+    """The gradient the penalty adds at a step: `after_backward` on gradients set to None."""
     ctx.model.zero_grad(set_to_none=True)
-    term(method, ctx)
     method.after_backward(ctx, ctx.model)
     return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in ctx.model.parameters()]
 
@@ -90,7 +89,7 @@ def test_penalty_is_lambda_times_fisher_weighted_squared_distance():
 
 def test_no_term_before_the_first_task_has_ended():
     seq = Sequence("domain")
-    assert EWC().loss_terms(seq.ctx(0), None, torch.zeros(1, 2)) == {}
+    assert EWC().penalty_values(seq.ctx(0)) == {}
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.5])
@@ -235,8 +234,7 @@ def test_l2_is_the_penalty_with_unit_importance():
     seq.nudge()
     params = dict(seq.model.named_parameters())
     expected = 0.5 * sum(((params[n][: anchor[n].shape[0]] - anchor[n]) ** 2).sum() for n in anchor)
-    batch = Batch(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1))
-    terms = l2.loss_terms(ctx, batch, torch.zeros(1, 4))
+    terms = l2.penalty_values(ctx)
     assert list(terms) == ["l2"] and torch.allclose(terms["l2"], expected, rtol=1e-12)
     assert l2.fisher_counts == []
 

@@ -64,7 +64,7 @@ def test_null_samples_averages_over_every_example():
 def test_the_penalty_is_lambda_omega_squared_distance_and_omega_accumulates():
     tasks, scen, model, mas = setup(samples=None)
     ctx = start_task(model, tasks, scen, 0, mas)
-    assert mas.loss_terms(ctx, None, None) == {}  # nothing during task A
+    assert mas.penalty_values(ctx) == {}  # nothing during task A
     mas.after_task(ctx)
     omega0 = {n: f.clone() for n, f in mas.term.fisher.items()}
     star = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -74,7 +74,7 @@ def test_the_penalty_is_lambda_omega_squared_distance_and_omega_accumulates():
     rows = lambda n: tuple(slice(0, k) for k in star[n].shape)
     expected = 3.0 * sum((omega0[n] * (params[n][rows(n)] - star[n]) ** 2).sum() for n in params)
     assert params["head.weight"].shape[0] == 4
-    assert torch.allclose(mas.loss_terms(ctx, None, None)["mas"], expected, rtol=1e-12)
+    assert torch.allclose(mas.penalty_values(ctx)["mas"], expected, rtol=1e-12)
 
     mas.after_task(ctx)  # Ω ← Ω + Ω_B, θ* ← θ
     omega1 = hand_omega(model, tasks[1].train.x)
@@ -86,7 +86,7 @@ def test_the_penalty_is_lambda_omega_squared_distance_and_omega_accumulates():
 
     restored = MAS(lambda_=3.0, samples=None)
     restored.load_state_dict(mas.state_dict())
-    assert torch.equal(restored.loss_terms(ctx, None, None)["mas"], mas.loss_terms(ctx, None, None)["mas"])
+    assert torch.equal(restored.penalty_values(ctx)["mas"], mas.penalty_values(ctx)["mas"])
     assert restored.sample_counts == [12, 12]
 
 

@@ -1,25 +1,25 @@
 """The quadratic penalties (EWC, L2, SI, MAS) without autograd: at a step, the gradient after `after_backward`
 equals autograd's gradient of the task loss plus the penalty written by hand, on a class-IL head that grew
-after the terms were stored; the detached term is the penalty's value; the logged `loss/<term>` is its mean
-over the steps; and a non-finite penalty stops the run at the next boundary."""
+after the terms were stored; a step computes no value of the penalty, `penalty_values` is its value; the
+logged `loss/<term>` is that value at the row's step; and a non-finite penalty stops the run at the next
+boundary."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import operator
-from functools import reduce
 from typing import ClassVar
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cl_bench.engine.scenario import Scenario
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.base import Method, TrainContext
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.l2 import L2
 from cl_bench.methods.mas import MAS
+from cl_bench.methods.quadratic import Quadratic
 from cl_bench.methods.si import SI
 from tests.helpers.harness import batch_of, nudge, random_tasks, seeded_mlp, start_task
 from tests.helpers.runs import tiny_run
@@ -102,12 +102,12 @@ def test_step_gradient_and_value_equal_autograd_of_the_penalty(case):
     expected = torch.autograd.grad(task_loss + expected_value, list(params.values()), retain_graph=True)
     (head_task_grad,) = torch.autograd.grad(task_loss, [model.head.weight], retain_graph=True)
 
-    # the trainer's step: the terms summed, backward, after_backward
-    terms = {"task": task_loss, **method.loss_terms(ctx, batch, logits)}
-    assert not terms[method.loss_name].requires_grad
-    assert torch.allclose(terms[method.loss_name], expected_value, rtol=1e-10)
+    # the trainer's step: no term of the penalty, backward, after_backward
+    assert method.loss_terms(ctx, batch, logits) == {}
+    value = method.penalty_values(ctx)[method.loss_name]
+    assert not value.requires_grad and torch.allclose(value, expected_value, rtol=1e-10)
     model.zero_grad(set_to_none=True)
-    reduce(operator.add, terms.values()).backward()
+    task_loss.backward()
     method.after_backward(ctx, model)
     for (name, p), want in zip(params.items(), expected):
         assert torch.allclose(p.grad, want, rtol=1e-9, atol=1e-13), name
@@ -122,7 +122,6 @@ def test_a_penalty_without_a_backward_gradient_still_gets_one():
     ctx = run_to_last_task(method)
     params = dict(ctx.model.named_parameters())
     ctx.model.zero_grad(set_to_none=True)
-    method.loss_terms(ctx, None, None)
     method.after_backward(ctx, ctx.model)
     expected = torch.autograd.grad(hand_penalty(method, None, params), list(params.values()))
     for p, want in zip(params.values(), expected):
@@ -146,34 +145,35 @@ def test_si_path_integral_uses_the_gradient_before_the_penalty():
 
 
 class RecordingEWC(EWC):
-    """EWC recording, at every step, its penalty at the step's parameters computed by hand."""
+    """EWC recording, after every step, its penalty at the updated parameters computed by hand."""
 
     values: ClassVar[list[float]] = []
 
-    def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
+    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
         if self.terms:
             with torch.no_grad():
-                RecordingEWC.values.append(float(hand_penalty(self, None, dict(ctx.model.named_parameters()))))
-        return super().loss_terms(ctx, batch, logits)
+                RecordingEWC.values.append(float(hand_penalty(self, None, dict(model.named_parameters()))))
 
 
-def test_logged_term_is_the_mean_penalty_over_the_steps_before_each_update(tmp_path):
+def test_logged_term_is_the_penalty_at_the_rows_step_and_the_total_includes_it(tmp_path):
     RecordingEWC.values = []
     summary, run_dir = tiny_run(
         tmp_path, "method=ewc", f"method._target_={__name__}.RecordingEWC", "method.lambda=50", "steps=20"
     )
     assert summary["status"] == "ok", summary.get("error")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    logged = [row["loss/ewc"] for row in rows if row["task"] == 1 and row["task_step"] > 0]
+    logged = [row for row in rows if row["task"] == 1 and row["task_step"] > 0]
     values = RecordingEWC.values
-    assert len(values) == 20 and len(logged) == 2
-    assert logged == pytest.approx([sum(values[:10]) / 10, sum(values[10:]) / 10], rel=1e-5)
-    assert values[0] < values[-1]  # the penalty changes from step to step: the mean is of the steps' values
+    assert len(values) == 20 and [row["task_step"] for row in logged] == [10, 20]
+    assert [row["loss/ewc"] for row in logged] == pytest.approx([values[9], values[19]], rel=1e-5)
+    assert values[0] < values[-1]  # the penalty changes from step to step: the row's is its step's
+    for row in logged:
+        assert row["loss/total"] == pytest.approx(row["loss/task"] + row["loss/ewc"], rel=1e-6)
 
 
 class NaNConstantEWC(EWC):
     """EWC whose stored term's constant is NaN: the penalty's value is NaN, its gradient finite (so only the
-    value, reaching the trainer's loss sums, can reveal it)."""
+    value, computed at the boundary, can reveal it)."""
 
     def after_task(self, ctx: TrainContext) -> None:
         super().after_task(ctx)
@@ -193,3 +193,21 @@ def test_a_non_finite_penalty_stops_the_run_at_the_next_boundary(tmp_path, poiso
     summary, _ = tiny_run(tmp_path, "method=ewc", f"method._target_={__name__}.{poisoned}")
     assert summary["status"] == "failed"
     assert "NonFiniteLoss" in summary["error"] and "between global steps 31 and 40" in summary["error"]
+
+
+def test_float32_gradient_is_within_a_few_ulps_of_the_exact_one_near_a_merged_center():
+    """2λ·(F·θ − F·center) in float32, next to the exact 2λ·F·(θ − center − center_low) in float64: the error is
+    a few ulps of 2λ·F·|θ| (the gradient's change when θ moves by one ulp), where θ − center is a hundred-
+    thousandth of θ."""
+    g = torch.Generator().manual_seed(0)
+    theta = (100 + torch.randn(1000, generator=g)).requires_grad_()
+    fisher = torch.rand(1000, generator=g)
+    center = theta.detach() + 1e-3 * torch.randn(1000, generator=g)
+    low = 3e-6 * torch.randn(1000, generator=g)  # below center's ulp (7.6e-6 at 100)
+    quadratic = Quadratic({"w": fisher}, {"w": center}, {"w": low})
+    theta.grad = torch.zeros_like(theta)
+    quadratic.add_gradient({"w": theta}, 2.5)
+    exact = 5.0 * fisher.double() * (theta.detach().double() - center.double() - low.double())
+    error = (theta.grad.double() - exact).abs()
+    ulp = torch.finfo(torch.float32).eps * 5.0 * fisher.double() * theta.detach().double().abs()
+    assert (error <= 4 * ulp).all() and error.max() > 0
