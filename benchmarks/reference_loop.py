@@ -8,7 +8,8 @@ CASE is `baseline`, `ewc` or `kd` on workload W (permuted MNIST from DIR/MNIST/r
 784-400-400-10, one shared head, SGD lr 0.01 momentum 0.9, batch 128, one epoch a task), or `default`
 (the embedded digits, as `cl-bench` with no overrides). It reads the same IDX files, splits, permutes
 and batches them exactly as cl_bench does (same seeds, so the same model initialisation, batches and
-steps), trains with the same loss terms and evaluates the same points: every task's val split at each
+steps), trains with the same loss terms (EWC's penalty as the runner takes it: its gradient in closed form
+after backward, no value per step) and evaluates the same points: every task's val split at each
 task's start and end, every task's test split at each task's end, and the test split under the model
 of the Score, each distinct model state once. FILE gets its timings and accuracies (JSON).
 
@@ -237,12 +238,15 @@ def ewc_fisher(model: nn.Module, part: Part, generator) -> dict[str, Tensor]:
     return {names[id(p)]: s / len(index) for m, pair in zip(linears, sums) for p, s in zip((m.weight, m.bias), pair)}
 
 
-def ewc_penalty(model: nn.Module, anchors: list[tuple[dict, dict]]) -> Tensor:
-    """λ·Σ_tasks Σ_i F_i (θ_i − θ*_i)², one term per finished task."""
-    params = dict(model.named_parameters())
-    return EWC_LAMBDA * sum(
-        (fisher[n] * (params[n] - theta[n]).square()).sum() for fisher, theta in anchors for n in fisher
-    )
+def add_ewc_gradient(model: nn.Module, sums: dict[str, tuple[Tensor, Tensor]]) -> None:
+    """grad += the gradient of λ·Σ_tasks Σ_i F_i (θ_i − θ*_i)², 2λ·(ΣF·θ − ΣF·θ*), from the sums over the
+    finished tasks of F and F·θ* (`sums`, by parameter name): the closed form, as the runner takes it."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            fisher, weighted_anchor = sums[name]
+            p.grad.addcmul_(fisher, p, value=2 * EWC_LAMBDA).sub_(weighted_anchor, alpha=2 * EWC_LAMBDA)
 
 
 class BareLoop:
@@ -263,7 +267,8 @@ class BareLoop:
         self.optimizer = None
         self.tested: dict[int, list[float]] = {}  # test accuracies by the global step they were measured at
         self.best: tuple[float, int, dict] = (-math.inf, -1, {})  # mean val, global step, state
-        self.anchors: list[tuple[dict, dict]] = []  # EWC: (Fisher, θ*) of each finished task
+        self.ewc_totals: dict[str, tuple[Tensor, Tensor]] = {}  # EWC: ΣF and ΣF·θ* over the finished tasks, float64
+        self.ewc_sums: dict[str, tuple[Tensor, Tensor]] = {}  # the same in float32, taken at each step
         self.global_step = 0
         self.last_val = self.evaluate("val")
 
@@ -304,6 +309,8 @@ class BareLoop:
             loss = self.loss(task.train, index, teacher)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.ewc_sums:
+                add_ewc_gradient(self.model, self.ewc_sums)
             optimizer.step()
             loss_sum += loss.detach()
             since += 1
@@ -318,7 +325,11 @@ class BareLoop:
         self.tested[self.global_step] = self.test_matrix[-1]
         if plan.method == "ewc":
             fisher = ewc_fisher(self.model, task.train, self.method_generator)
-            self.anchors.append((fisher, {n: p.detach().clone() for n, p in self.model.named_parameters()}))
+            for name, p in self.model.named_parameters():
+                f, anchor = fisher[name].double(), p.detach().double()
+                old_f, old_b = self.ewc_totals.get(name, (0.0, 0.0))
+                self.ewc_totals[name] = (old_f + f, old_b + f * anchor)
+            self.ewc_sums = {n: (f.float(), b.float()) for n, (f, b) in self.ewc_totals.items()}
 
     def loss(self, part: Part, index: Tensor, teacher: Tensor | None) -> Tensor:
         import torch.nn.functional as F
@@ -327,8 +338,6 @@ class BareLoop:
         loss = F.cross_entropy(logits, part.y.index_select(0, index))
         if teacher is not None:
             loss = loss + kd_loss(logits, teacher[index])
-        if self.anchors:
-            loss = loss + ewc_penalty(self.model, self.anchors)
         return loss
 
     def best_test(self) -> list[float]:
@@ -374,7 +383,11 @@ def main() -> None:
     parser.add_argument("case", choices=CASES)
     parser.add_argument("--data-dir", default="~/data", help="a folder holding MNIST/raw/ (the W cases)")
     parser.add_argument("--result", required=True, help="where the JSON result goes")
+    parser.add_argument("--threads", type=int, required=True, help="torch threads (the runner's `threads=`)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     bare_main(args.case, Path(args.data_dir).expanduser(), Path(args.result))
 
 

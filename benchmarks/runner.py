@@ -15,8 +15,8 @@ is checked against the runner's (Δacc in the table).
     python benchmarks/runner.py --quick          # 1 repetition, about 2 minutes
     python benchmarks/runner.py --data-dir ~/data --reps 5 --cases baseline,kd
 
-Runner and bare runs alternate (which goes first alternates by repetition); the table gives
-medians over repetitions. Results: outputs/bench/bench.json and bench.md.
+Runner and bare runs alternate (which goes first alternates by repetition), each with `--threads` torch
+threads (1 by default: the runner gets `threads=1`); the table gives medians over repetitions. Results: outputs/bench/bench.json and bench.md.
 """
 
 from __future__ import annotations
@@ -143,11 +143,12 @@ def run_child(cmd: list[str], log_path: Path) -> tuple[float, float, float]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def runner_command(case: str, data_dir: Path, output_root: Path, stamp: Path) -> list[str]:
+def runner_command(case: str, data_dir: Path, output_root: Path, stamp: Path, threads: int) -> list[str]:
     if case == "default":
-        # no overrides but where outputs go; a wrapper records when the data is ready
-        return [sys.executable, __file__, "--timed-runner", str(stamp), f"output_root={output_root}"]
+        # no overrides but where outputs go and the threads; a wrapper records when the data is ready
+        return [sys.executable, __file__, "--timed-runner", str(stamp), f"output_root={output_root}", f"threads={threads}"]
     overrides = [
+        f"threads={threads}",
         *W_OVERRIDES,
         f"method={case}",
         *METHOD_OVERRIDES[case],
@@ -157,10 +158,10 @@ def runner_command(case: str, data_dir: Path, output_root: Path, stamp: Path) ->
     return [sys.executable, "-m", "cl_bench.cli.app", *overrides]
 
 
-def measure_runner(case: str, data_dir: Path, work: Path) -> Measurement:
+def measure_runner(case: str, data_dir: Path, work: Path, threads: int) -> Measurement:
     output_root, stamp = work / "runner-out", work / "data_ready_at"
     shutil.rmtree(output_root, ignore_errors=True)
-    wall, cpu, rss = run_child(runner_command(case, data_dir, output_root, stamp), work / "runner.log")
+    wall, cpu, rss = run_child(runner_command(case, data_dir, output_root, stamp, threads), work / "runner.log")
     (run_dir,) = [p.parent for p in output_root.glob("runs/*/*/summary.json")]
     summary = json.loads((run_dir / "summary.json").read_text())
     written = max((run_dir / name).stat().st_mtime for name in ("metrics.jsonl", "metrics.csv", "summary.json"))
@@ -178,9 +179,12 @@ def measure_runner(case: str, data_dir: Path, work: Path) -> Measurement:
     )
 
 
-def measure_bare(case: str, data_dir: Path, work: Path) -> Measurement:
+def measure_bare(case: str, data_dir: Path, work: Path, threads: int) -> Measurement:
     result_path = work / "bare.json"
-    cmd = [sys.executable, str(REFERENCE_LOOP), case, "--data-dir", str(data_dir), "--result", str(result_path)]
+    cmd = [
+        sys.executable, str(REFERENCE_LOOP), case, "--data-dir", str(data_dir), "--result", str(result_path),
+        "--threads", str(threads),
+    ]
     wall, cpu, rss = run_child(cmd, work / "bare.log")
     r = json.loads(result_path.read_text())
     return Measurement(
@@ -311,10 +315,10 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe(data_note: str, reps: int) -> str:
+def describe(data_note: str, reps: int, threads: int) -> str:
     return (
         f"Runner (`python -m cl_bench.cli.app`) against a bare hand-written PyTorch loop, {reps} interleaved "
-        f"repetition(s), medians of paired ratios; {data_note}. Ratios are runner/bare (time, CPU time, RSS: "
+        f"repetition(s) of {threads} torch thread(s) each side, medians of paired ratios; {data_note}. Ratios are runner/bare (time, CPU time, RSS: "
         "lower is better; steps/s: higher is better). The bare loop uses the same data files, split, permutations, model initialisation, "
         "batches, steps, loss terms and evaluation points (val of every task at each task's start and end, "
         "test at each task's end, test under the Score's model), so a ratio measures the runner's overhead, "
@@ -323,13 +327,15 @@ def describe(data_note: str, reps: int) -> str:
     )
 
 
-def measure_pair(case: str, data_dir: Path, work: Path, runner_first: bool) -> tuple[Measurement, Measurement]:
-    """(runner, bare) measurements of `case`, run one after the other in the given order."""
+def measure_pair(
+    case: str, data_dir: Path, work: Path, runner_first: bool, threads: int
+) -> tuple[Measurement, Measurement]:
+    """(runner, bare) measurements of `case`, run one after the other in the given order, each with `threads`."""
     if runner_first:
-        runner = measure_runner(case, data_dir, work)
-        return runner, measure_bare(case, data_dir, work)
-    bare = measure_bare(case, data_dir, work)
-    return measure_runner(case, data_dir, work), bare
+        runner = measure_runner(case, data_dir, work, threads)
+        return runner, measure_bare(case, data_dir, work, threads)
+    bare = measure_bare(case, data_dir, work, threads)
+    return measure_runner(case, data_dir, work, threads), bare
 
 
 def harness(args: argparse.Namespace) -> None:
@@ -343,11 +349,11 @@ def harness(args: argparse.Namespace) -> None:
             data_dir = work / "data"
             generate_mnist(data_dir)
             data_note = "generated MNIST-shaped IDX files (60k train / 10k test, uint8)"
-        print(f"cases: {', '.join(cases)}; {data_note}; {args.reps} repetition(s)", flush=True)
+        print(f"cases: {', '.join(cases)}; {data_note}; {args.reps} repetition(s); {args.threads} thread(s)", flush=True)
         pairs: dict[str, list] = {c: [] for c in cases}
         for rep in range(args.reps):
             for case in cases:
-                pairs[case].append(measure_pair(case, data_dir, work, runner_first=rep % 2 == 0))
+                pairs[case].append(measure_pair(case, data_dir, work, rep % 2 == 0, args.threads))
                 r, b = pairs[case][-1]
                 print(
                     f"rep {rep} {case}: runner {r.wall_s:.2f}s bare {b.wall_s:.2f}s ({r.wall_s / b.wall_s:.3f})",
@@ -356,7 +362,7 @@ def harness(args: argparse.Namespace) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [summarise(case, pairs[case]) for case in cases]
-    report(rows, describe(data_note, args.reps), Path(args.out), pairs)
+    report(rows, describe(data_note, args.reps, args.threads), Path(args.out), pairs)
 
 
 def report(rows: list[dict], header: str, out: Path, pairs: dict) -> None:
@@ -381,6 +387,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one repetition")
     parser.add_argument("--data-dir", default="~/data", help="a folder holding MNIST/raw/ (else generated)")
     parser.add_argument("--cases", default="baseline,ewc,kd,default", help="comma-separated cases")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of both sides (1 resists other processes' load)"
+    )
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench"), help="where bench.json/.md go")
     parser.add_argument("--timed-runner", metavar="STAMP", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cl_bench.data.task import ConcatSplit, Task, TensorSplit
 from cl_bench.methods.base import Batch, Method, Stage, TrainContext, TrainData
-from cl_bench.methods.kd import build_teacher, distillation_losses, old_model_state
+from cl_bench.methods.kd import LazyTeacher, distillation_losses, old_model_state
 from cl_bench.methods.params import number
 from cl_bench.methods.replay import Replay, herding, labels_and_features
 
@@ -51,10 +51,8 @@ class E2E(Method):
         self.T = number("T", T, "> 0", lambda v: v > 0)
         self.balanced_epochs = number("balanced_epochs", balanced_epochs, "≥ 0", lambda v: v >= 0)
         self.lr_factor = number("lr_factor", lr_factor, "> 0", lambda v: v > 0)
-        self.teacher: nn.Module | None = None  # the model as the previous task ended (its units)
-        self.teacher_state: dict[str, Tensor] | None = None  # a loaded checkpoint's, until the teacher is rebuilt
-        self.stage_teacher: nn.Module | None = None  # the model at the end of step 1
-        self.stage_teacher_state: dict[str, Tensor] | None = None
+        self.teacher = LazyTeacher("E2E")  # the model as the previous task ended (its units)
+        self.stage_teacher = LazyTeacher("E2E")  # the model at the end of step 1
         self.balanced_index: Tensor | None = None  # the new classes' rows of the task's split in the balanced set
         self.balanced_task = -1  # the task whose balanced fine-tuning was chosen (then running)
 
@@ -72,11 +70,12 @@ class E2E(Method):
 
     def before_task(self, ctx: TrainContext) -> None:
         """The teacher of step 1: the model as the previous task ended, its head cut to the units it had."""
-        self.teacher = self.stage_teacher = self.teacher_state = self.stage_teacher_state = None
+        self.teacher.clear()
+        self.stage_teacher.clear()
         self.balanced_index, self.balanced_task = None, -1
         if ctx.task_idx > 0:
             n_old = ctx.scenario.units_existing_before(ctx.task_idx)
-            self.teacher = build_teacher(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
+            self.teacher.build(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
         """Σ_f L_D_f over the old tasks f ("distill"); in the balanced fine-tuning also L_D on the new classes with
@@ -86,11 +85,11 @@ class E2E(Method):
             return {}
         old_groups = [ctx.scenario.task_units(f) for f in range(t)]
         with torch.inference_mode():
-            old = self._teacher(ctx)(batch.x)
+            old = self.teacher(ctx)(batch.x)
         terms = {"distill": distillation_losses(logits, old, old_groups, self.T).mean()}
         if self.balanced_task == t:
             with torch.inference_mode():
-                stage_one = self._stage_teacher(ctx)(batch.x)
+                stage_one = self.stage_teacher(ctx)(batch.x)
             terms["distill_new"] = distillation_losses(logits, stage_one, [ctx.scenario.task_units(t)], self.T).mean()
         return terms
 
@@ -100,7 +99,7 @@ class E2E(Method):
             return []
         if self.balanced_task != ctx.task_idx:
             self.balanced_index = self.balanced_selection(ctx)
-            self.stage_teacher = build_teacher(ctx.model, dict(ctx.model.state_dict()), ctx.device)
+            self.stage_teacher.build(ctx.model, dict(ctx.model.state_dict()), ctx.device)
             self.balanced_task = ctx.task_idx
         data = self.balanced_data(ctx)
         steps = max(1, math.ceil(self.balanced_epochs * len(data.split) / ctx.batch_size))
@@ -130,35 +129,16 @@ class E2E(Method):
     def after_task(self, ctx: TrainContext) -> None:
         """Update the memory with the final model's features; the teachers are dropped."""
         self.memory.after_task(ctx)
-        self.teacher = self.stage_teacher = self.teacher_state = self.stage_teacher_state = None
+        self.teacher.clear()
+        self.stage_teacher.clear()
         self.balanced_index, self.balanced_task = None, -1
-
-    def _teacher(self, ctx: TrainContext) -> nn.Module:
-        """Step 1's teacher, rebuilt from a loaded checkpoint on first use."""
-        if self.teacher is None:
-            self.teacher = build_teacher(ctx.model, self._required(self.teacher_state, ctx), ctx.device)
-        return self.teacher
-
-    def _stage_teacher(self, ctx: TrainContext) -> nn.Module:
-        if self.stage_teacher is None:
-            self.stage_teacher = build_teacher(ctx.model, self._required(self.stage_teacher_state, ctx), ctx.device)
-        return self.stage_teacher
-
-    @staticmethod
-    def _required(state: dict[str, Tensor] | None, ctx: TrainContext) -> dict[str, Tensor]:
-        if state is None:
-            raise RuntimeError(f"E2E has no teacher for task {ctx.task_idx}: before_task was not called")
-        return state
 
     def state_dict(self) -> dict:
         state: dict = {"memory": self.memory.state_dict(), "balanced_task": self.balanced_task}
-        for key, module, kept in (
-            ("teacher", self.teacher, self.teacher_state),
-            ("stage_teacher", self.stage_teacher, self.stage_teacher_state),
-        ):
-            teacher_state = module.state_dict() if module is not None else kept
+        for key, teacher in (("teacher", self.teacher), ("stage_teacher", self.stage_teacher)):
+            teacher_state = teacher.state_dict()
             if teacher_state is not None:
-                state[key] = dict(teacher_state)
+                state[key] = teacher_state
         if self.balanced_index is not None:
             state["balanced_index"] = self.balanced_index
         return state
@@ -169,7 +149,7 @@ class E2E(Method):
         if unknown:
             raise ValueError(f"E2E checkpoint state has unknown keys {sorted(unknown)}")
         self.memory.load_state_dict(state.get("memory", {}))
-        self.teacher = self.stage_teacher = None
-        self.teacher_state, self.stage_teacher_state = state.get("teacher"), state.get("stage_teacher")
+        self.teacher.load_state_dict(state.get("teacher"))
+        self.stage_teacher.load_state_dict(state.get("stage_teacher"))
         self.balanced_index = state.get("balanced_index")
         self.balanced_task = state.get("balanced_task", -1)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, TrainContext, TrainData
-from cl_bench.methods.kd import build_teacher, old_model_state
+from cl_bench.methods.kd import LazyTeacher, old_model_state
 from cl_bench.methods.replay import FEATURE_BATCH_SIZE, Replay
 
 STATE_KEYS = {"memory", "teacher"}
@@ -73,18 +73,17 @@ class ICaRL(Replay):
 
     def __init__(self, memory_size: int = 200, replay_batch_size: int | None = None):
         super().__init__(memory_size, "herding", replay_batch_size)
-        self.teacher: nn.Module | None = None
-        self.teacher_state: dict[str, Tensor] | None = None  # from a checkpoint, until the teacher is rebuilt
+        self.teacher = LazyTeacher("iCaRL")
         self.live: TrainContext | None = None  # the task being trained, whose exemplars evaluation selects live
         self.scenario: Scenario | None = None
 
     def before_task(self, ctx: TrainContext) -> None:
         """The teacher: a frozen copy of the model as the previous task left it (its head's old rows)."""
         self._follow(ctx)
-        self.teacher, self.teacher_state = None, None
+        self.teacher.clear()
         if ctx.task_idx > 0:
             n_old = ctx.scenario.units_existing_before(ctx.task_idx)
-            self.teacher = build_teacher(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
+            self.teacher.build(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         """The task's own split. The trainer asks for it when a task starts and when a run resumes inside one:
@@ -105,24 +104,16 @@ class ICaRL(Replay):
         targets = F.one_hot(ctx.scenario.targets(batch.y, batch.task_ids), logits.shape[1]).to(logits.dtype)
         if ctx.task_idx > 0:
             with torch.no_grad():
-                old = torch.sigmoid(self._teacher(ctx)(batch.x))
+                old = torch.sigmoid(self.teacher(ctx)(batch.x))
             n_old = ctx.scenario.task_units(ctx.task_idx).start  # the old classes' units (class-IL)
             targets[:, :n_old] = old[:, :n_old]
         return {"icarl": F.binary_cross_entropy_with_logits(logits, targets)}
-
-    def _teacher(self, ctx: TrainContext) -> nn.Module:
-        """The teacher, rebuilt from a loaded checkpoint on first use."""
-        if self.teacher is None:
-            if self.teacher_state is None:
-                raise RuntimeError(f"iCaRL has no teacher for task {ctx.task_idx}: before_task was not called")
-            self.teacher = build_teacher(ctx.model, self.teacher_state, ctx.device)
-        return self.teacher
 
     def after_task(self, ctx: TrainContext) -> None:
         """The old classes cut to ⌊K / n⌋ exemplars, the task's classes' herding selection added."""
         self.memory = self._selection(ctx)
         self.live, self.scenario = None, ctx.scenario
-        self.teacher, self.teacher_state = None, None
+        self.teacher.clear()
 
     def _selection(self, ctx: TrainContext) -> dict[str, Tensor]:
         """The memory as it is once task `ctx.task_idx` ends with `ctx.model` (Replay's reduce-then-add rule)."""
@@ -152,9 +143,9 @@ class ICaRL(Replay):
 
     def state_dict(self) -> dict:
         state: dict = {"memory": dict(self.memory)}
-        teacher_state = self.teacher.state_dict() if self.teacher is not None else self.teacher_state
+        teacher_state = self.teacher.state_dict()
         if teacher_state is not None:
-            state["teacher"] = dict(teacher_state)
+            state["teacher"] = teacher_state
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -163,4 +154,4 @@ class ICaRL(Replay):
         if unknown or "memory" not in state:
             raise ValueError(f"iCaRL checkpoint state has keys {sorted(state)}, expected memory and teacher")
         super().load_state_dict(state["memory"])
-        self.teacher, self.teacher_state = None, state.get("teacher")
+        self.teacher.load_state_dict(state.get("teacher"))

@@ -109,6 +109,40 @@ def build_teacher(model: nn.Module, state: dict[str, Tensor], device: torch.devi
     return teacher.to(device).eval().requires_grad_(False)
 
 
+class LazyTeacher:
+    """A frozen teacher (`build_teacher`) as a method keeps it: checkpointed as its state dict, and after a load
+    (a resume inside a task) rebuilt from that state, with the run's model's architecture, at first use."""
+
+    def __init__(self, method: str):
+        self.method = method  # named in the error when there is no teacher
+        self.module: nn.Module | None = None
+        self.state: dict[str, Tensor] | None = None  # a loaded checkpoint's, until the module is rebuilt
+
+    def build(self, model: nn.Module, state: dict[str, Tensor], device: torch.device) -> nn.Module:
+        """A teacher of `model`'s architecture holding `state`, now."""
+        self.module, self.state = build_teacher(model, state, device), None
+        return self.module
+
+    def clear(self) -> None:
+        self.module, self.state = None, None
+
+    def __call__(self, ctx: TrainContext) -> nn.Module:
+        """The teacher, rebuilt from a loaded state on first use."""
+        if self.module is None:
+            if self.state is None:
+                raise RuntimeError(f"{self.method} has no teacher for task {ctx.task_idx}: before_task was not called")
+            self.module = build_teacher(ctx.model, self.state, ctx.device)
+        return self.module
+
+    def state_dict(self) -> dict[str, Tensor] | None:
+        """The teacher's weights (None without a teacher)."""
+        state = self.module.state_dict() if self.module is not None else self.state
+        return None if state is None else dict(state)
+
+    def load_state_dict(self, state: dict[str, Tensor] | None) -> None:
+        self.module, self.state = None, state
+
+
 def record_outputs(teacher: nn.Module, split: Split) -> Tensor:
     """The teacher's logits on every example of `split`, in split order (LwF's Y_o)."""
     with torch.inference_mode():
@@ -164,8 +198,7 @@ class KD(Method):
         self.teacher_mode = choice("teacher", teacher, TEACHER_MODES)
         self.weighting = choice("weighting", weighting, WEIGHTINGS)
         self.reduction = choice("reduction", reduction, REDUCTIONS)
-        self.teacher: nn.Module | None = None
-        self.teacher_state: dict[str, Tensor] | None = None
+        self.teacher = LazyTeacher("KD")
         self.recorded: Tensor | None = None
         self.recorded_task = -1
         self._recorded_targets: Tensor | None = None  # softmax(recorded/T) per group, made at the task's first step
@@ -176,15 +209,15 @@ class KD(Method):
 
     def before_task(self, ctx: TrainContext) -> None:
         """Snapshot the teacher (tasks after the first) and record its outputs if so configured."""
-        self.teacher, self.teacher_state, self.recorded, self.recorded_task = None, None, None, -1
-        self._recorded_targets = None
+        self.teacher.clear()
+        self.recorded, self.recorded_task, self._recorded_targets = None, -1, None
         if ctx.task_idx == 0 or not self.active:
             return
         n_old = ctx.scenario.units_existing_before(ctx.task_idx)
-        self.teacher = build_teacher(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
+        teacher = self.teacher.build(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
         split = self.train_data(ctx).split
         if self.teacher_mode == "recorded" or (self.teacher_mode == "auto" and split.deterministic):
-            self.recorded = record_outputs(self.teacher, split)
+            self.recorded = record_outputs(teacher, split)
             self.recorded_task = ctx.task_idx
 
     def task_loss_weight(self, ctx: TrainContext) -> float:
@@ -221,22 +254,14 @@ class KD(Method):
                 self._recorded_targets = target_probabilities(self.recorded, groups, self.T)
             return self._recorded_targets.index_select(0, batch.index), None
         with torch.inference_mode():
-            old = self._live_teacher(ctx)(batch.x)
+            old = self.teacher(ctx)(batch.x)
         return target_probabilities(old, groups, self.T), own.float()
-
-    def _live_teacher(self, ctx: TrainContext) -> nn.Module:
-        """The teacher, rebuilt from a loaded checkpoint on first use."""
-        if self.teacher is None:
-            if self.teacher_state is None:
-                raise RuntimeError(f"KD has no teacher for task {ctx.task_idx}: before_task was not called")
-            self.teacher = build_teacher(ctx.model, self.teacher_state, ctx.device)
-        return self.teacher
 
     def state_dict(self) -> dict:
         state: dict = {}
-        teacher_state = self.teacher.state_dict() if self.teacher is not None else self.teacher_state
+        teacher_state = self.teacher.state_dict()
         if teacher_state is not None:
-            state["teacher"] = dict(teacher_state)
+            state["teacher"] = teacher_state
         if self.recorded is not None:
             state["recorded"] = self.recorded
             state["recorded_task"] = self.recorded_task
@@ -247,8 +272,7 @@ class KD(Method):
         unknown = set(state) - STATE_KEYS
         if unknown:
             raise ValueError(f"KD checkpoint state has unknown keys {sorted(unknown)}")
-        self.teacher = None
-        self.teacher_state = state.get("teacher")
+        self.teacher.load_state_dict(state.get("teacher"))
         self.recorded = state.get("recorded")
         self.recorded_task = state.get("recorded_task", -1)
         self._recorded_targets = None
