@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Method
 from cl_bench.methods.compose import Combined
+from cl_bench.methods.params import under
 
 # The keys of a method node that are not the method's constructor arguments, and not part of what a run
 # computes (results.experiment_keys): `label` is the row's name (`method=lowlr` and `method=baseline
@@ -54,7 +55,7 @@ def build_method(node: DictConfig, scenario: str, prefix: str = "method") -> Met
     try:
         method = cls(**params)
     except ConfigError as error:
-        raise ConfigError(str(error).replace("method.", f"{prefix}.", 1)) from None
+        raise under(prefix, error) from None
     if not isinstance(method, Method):
         raise TypeError(f"{prefix}._target_={cls.__name__} is not a cl_bench Method")
     if scenario not in method.scenarios:

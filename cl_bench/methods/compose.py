@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from cl_bench.data.task import Task
 from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Batch, Method, Stage, TrainContext, TrainData, defined_hook
+from cl_bench.methods.params import under
 
 # Hooks only one part may own (the trainer has one of each), and what owning one means.
 SINGLE_OWNER_HOOKS = {
@@ -67,8 +68,12 @@ class Combined(Method):
         return owner.train_data(ctx) if owner else super().train_data(ctx)
 
     def check(self, tasks: list[Task]) -> None:
-        for part in self.parts.values():
-            part.check(tasks)
+        """Each part's check, its errors naming its own keys (`plus.replay.memory_size`)."""
+        for name, part in self.parts.items():
+            try:
+                part.check(tasks)
+            except ConfigError as error:
+                raise under(name, error) from None
 
     def before_task(self, ctx: TrainContext) -> None:
         for part in self.parts.values():

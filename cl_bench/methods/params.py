@@ -1,13 +1,20 @@
 """Checks of a method's constructor arguments, the one place a method parameter is checked: each bad
 value a ConfigError naming `method.<key>`, raised when the method is built, before any data is read.
-What depends on the data is the method's `check(tasks)`."""
+What depends on the data is the method's `check(tasks)`. A method combined under `plus` has its errors
+renamed to its own keys (`under`)."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 
 from cl_bench.errors import ConfigError
+
+
+def under(prefix: str, error: ConfigError) -> ConfigError:
+    """`error`, which names the method's keys `method.<key>`, naming them `<prefix>.<key>` (`plus.replay`)."""
+    return ConfigError(re.sub(r"\bmethod\.(?=\w)", f"{prefix}.", str(error)))
 
 
 def number(key: str, value: float, rule: str, ok: Callable[[float], bool]) -> float:

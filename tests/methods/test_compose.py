@@ -126,6 +126,16 @@ def test_the_config_combines_methods_with_their_own_parameters(make_config):
         build_methods(make_config("method=kd", "plus=[replay]", "plus.replay.memory_size=0"))
     with pytest.raises(ConfigError, match="method and plus.kd are both KD"):
         build_methods(make_config("method=kd", "plus=[kd]"))
+    with pytest.raises(ConfigError, match=r"^plus\.ewc\.fisher_label='true': now called empirical \(plus\.ewc\.fisher_label"):
+        build_methods(make_config("method=kd", "plus=[ewc]", "plus.ewc.fisher_label=true"))
+
+
+def test_a_parts_data_check_names_its_own_keys():
+    """A combined method's `check(tasks)` error names the key the user set, under `plus`."""
+    tasks = random_tasks(2, (3,), 2, n=12, seed=0)
+    combined = Combined({"method": KD(), "plus.replay": Replay(memory_size=3)})
+    with pytest.raises(ConfigError, match=r"^plus\.replay\.memory_size=3: smaller than the 4 classes"):
+        combined.check(tasks)
 
 
 def test_a_combined_run_logs_each_parts_terms_and_names_the_row(tmp_path):
