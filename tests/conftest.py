@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,13 @@ from tests.helpers.data import write_mnist
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`-n N`), worker k of N keeps to its own share of the cores, and so do the
+    """Ctrl-C raises KeyboardInterrupt here and in the processes the tests start (the SLURM tests send it),
+    even when the tests run as a background job, which starts with SIGINT ignored and passes that on.
+
+    Under pytest-xdist (`-n N`), worker k of N keeps to its own share of the cores, and so do the
     processes it starts (they inherit the affinity, and `threads=auto` gives them that many threads): two
     workers never fight over a core, which slows a torch process many-fold."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
