@@ -7,11 +7,10 @@ import torch
 from torch import Tensor
 
 from cl_bench.data.task import Task
-from cl_bench.engine.fewer_ops import leading_block
 from cl_bench.methods.base import TrainContext
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.params import choice, together
-from cl_bench.methods.quadratic import stored_part
+from cl_bench.methods.quadratic import gradient_block, stored_part
 
 FORMS = ("squared", "norm")
 
@@ -64,7 +63,5 @@ class L2(EWC):
                 for name, center in term.center.items():
                     diff = stored_part(params, name, center).detach() - center
                     norm = torch.linalg.vector_norm(diff)
-                    p = params[name]
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    leading_block(p.grad, center.shape).add_(torch.where(norm > 0, diff / norm, 0.0), alpha=self.lambda_)
+                    direction = torch.where(norm > 0, diff / norm, 0.0)
+                    gradient_block(params[name], center.shape).add_(direction, alpha=self.lambda_)

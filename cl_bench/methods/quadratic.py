@@ -36,18 +36,11 @@ class Quadratic:
         """grad += 2·scale·F·(θ − center − center_low) on each parameter's stored block, in place and without
         a graph, as 2·scale·(F·θ − b) with b = F·(center + center_low) computed once (in float64, then rounded):
         two `_foreach_` ops over the parameter list and no buffer per step. Its rounding error is a few ulps
-        of 2·scale·F·|θ|, the gradient's change when θ moves by one ulp. A parameter without a gradient gets
-        one, as autograd would have given it through the penalty."""
+        of 2·scale·F·|θ|, the gradient's change when θ moves by one ulp."""
         if self._weighted_center is None:
             self._weighted_center = [(f.double() * self._center64(name)).to(f.dtype) for name, f in self.fisher.items()]
-        grads, thetas = [], []
-        for name, f in self.fisher.items():
-            theta = stored_part(params, name, f)
-            p = params[name]
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(leading_block(p.grad, f.shape))
-            thetas.append(theta.detach())
+        thetas = [stored_part(params, name, f).detach() for name, f in self.fisher.items()]
+        grads = [gradient_block(params[name], f.shape) for name, f in self.fisher.items()]
         with torch.no_grad():
             torch._foreach_addcmul_(grads, list(self.fisher.values()), thetas, value=2 * scale)
             torch._foreach_sub_(grads, self._weighted_center, alpha=2 * scale)
@@ -92,6 +85,14 @@ class Quadratic:
 
     def state(self) -> dict:
         return {"fisher": self.fisher, "center": self.center, "center_low": self.center_low, "constant": self.constant}
+
+
+def gradient_block(parameter: Tensor, shape: torch.Size) -> Tensor:
+    """The leading block of `parameter`'s gradient with `shape`, to add a penalty's gradient to in place; a
+    parameter without a gradient gets zeros first, as autograd would have given it one through the penalty."""
+    if parameter.grad is None:
+        parameter.grad = torch.zeros_like(parameter)
+    return leading_block(parameter.grad, shape)
 
 
 def stored_part(params: dict[str, Tensor], name: str, stored: Tensor) -> Tensor:
