@@ -1,7 +1,8 @@
 """What the methods cost: a training step of EWC (separate and online), L2, KD (recorded and live
 teacher) and replay against the baseline's on the same work, in domain-IL and in task-IL with 5 tasks
-(`steps`; replay's row is set against the baseline's step on twice the batch, its floor); KD's step in task-IL with 10 and 20 old tasks (`kd_groups`); the diagonal Fisher (batched
-hooks vs the per-sample loop, `fisher`); and the EWC penalty's per-step cost as earlier tasks
+(`steps`; replay's row is set against the baseline's step on twice the batch, its floor); KD's step in
+task-IL with 10 and 20 old tasks (`kd_groups`); the diagonal Fisher (batched hooks vs the per-sample loop,
+`fisher`); and the EWC penalty's per-step cost as earlier tasks
 accumulate (separate terms vs online running sums, `penalty`). One torch thread by default.
 
     python benchmarks/methods.py [--parts steps kd_groups fisher penalty] [--steps 20] [--rounds 7] [--threads 1]

@@ -16,7 +16,8 @@ is checked against the runner's (Δacc in the table).
     python benchmarks/runner.py --data-dir ~/data --reps 5 --cases baseline,kd
 
 Runner and bare runs alternate (which goes first alternates by repetition), each with `--threads` torch
-threads (1 by default: the runner gets `threads=1`); the table gives medians over repetitions. Results: outputs/bench/bench.json and bench.md.
+threads (1 by default: the runner gets `threads=1`); the table gives medians over repetitions. Results:
+outputs/bench/bench.json and bench.md.
 """
 
 from __future__ import annotations
@@ -146,7 +147,9 @@ def run_child(cmd: list[str], log_path: Path) -> tuple[float, float, float]:
 def runner_command(case: str, data_dir: Path, output_root: Path, stamp: Path, threads: int) -> list[str]:
     if case == "default":
         # no overrides but where outputs go and the threads; a wrapper records when the data is ready
-        return [sys.executable, __file__, "--timed-runner", str(stamp), f"output_root={output_root}", f"threads={threads}"]
+        return [
+            sys.executable, __file__, "--timed-runner", str(stamp), f"output_root={output_root}", f"threads={threads}"
+        ]
     overrides = [
         f"threads={threads}",
         *W_OVERRIDES,
@@ -318,7 +321,8 @@ def markdown(rows: list[dict], header: str) -> str:
 def describe(data_note: str, reps: int, threads: int) -> str:
     return (
         f"Runner (`python -m cl_bench.cli.app`) against a bare hand-written PyTorch loop, {reps} interleaved "
-        f"repetition(s) of {threads} torch thread(s) each side, medians of paired ratios; {data_note}. Ratios are runner/bare (time, CPU time, RSS: "
+        f"repetition(s) of {threads} torch thread(s) each side, medians of paired ratios; {data_note}. "
+        "Ratios are runner/bare (time, CPU time, RSS: "
         "lower is better; steps/s: higher is better). The bare loop uses the same data files, split, permutations, model initialisation, "
         "batches, steps, loss terms and evaluation points (val of every task at each task's start and end, "
         "test at each task's end, test under the Score's model), so a ratio measures the runner's overhead, "
@@ -349,7 +353,9 @@ def harness(args: argparse.Namespace) -> None:
             data_dir = work / "data"
             generate_mnist(data_dir)
             data_note = "generated MNIST-shaped IDX files (60k train / 10k test, uint8)"
-        print(f"cases: {', '.join(cases)}; {data_note}; {args.reps} repetition(s); {args.threads} thread(s)", flush=True)
+        print(
+            f"cases: {', '.join(cases)}; {data_note}; {args.reps} repetition(s); {args.threads} thread(s)", flush=True
+        )
         pairs: dict[str, list] = {c: [] for c in cases}
         for rep in range(args.reps):
             for case in cases:

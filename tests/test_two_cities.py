@@ -66,7 +66,8 @@ def runs(data_dir, tmp_path_factory) -> dict[str, tuple[DictConfig, dict, Path]]
     decoded images and the first run's task A from the caches."""
     out = tmp_path_factory.mktemp("out")
     done = {}
-    for name, overrides in (("files", []), ("cached", [*CACHED, "first_task.cache=false"]), ("kd", [*CACHED, "method=kd", "lr=1e-4"])):
+    cases = (("files", []), ("cached", [*CACHED, "first_task.cache=false"]), ("kd", [*CACHED, "method=kd", "lr=1e-4"]))
+    for name, overrides in cases:
         cfg = small_config(data_dir, out, *overrides)
         run_dir = out / name
         summary = run_experiment(cfg, run_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cl_bench.engine.checkpoint import CorruptState, load_checkpoint, remove_partial_writes, save_checkpoint
 from cl_bench.engine.trainer import Trainer

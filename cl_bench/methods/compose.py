@@ -96,7 +96,8 @@ class Combined(Method):
         owner, n = self.owners.get("extend_batch"), self.n_own
         own = (batch, logits) if n == len(batch.y) else (own_examples(batch, n), logits[:n])
         return _distinct_terms(
-            (name, part.loss_terms(ctx, *((batch, logits) if part is owner else own))) for name, part in self.parts.items()
+            (name, part.loss_terms(ctx, *((batch, logits) if part is owner else own)))
+            for name, part in self.parts.items()
         )
 
     def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:

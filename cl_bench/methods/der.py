@@ -106,7 +106,7 @@ class DER(Method):
         terms, start = {}, own
         if m and self.alpha > 0:
             pick = self.drawn[0].to(self.buffer["units"].device)
-            stored, units = self.buffer["logits"].index_select(0, pick).to(logits.device), self.buffer["units"].index_select(0, pick).to(logits.device)
+            stored, units = (self.buffer[key].index_select(0, pick).to(logits.device) for key in ("logits", "units"))
             terms["der_logits"] = self.alpha * logit_mse(logits[start : start + m], stored, units)
             start += m
         if m and self.beta > 0:

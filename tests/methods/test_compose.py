@@ -126,7 +126,8 @@ def test_the_config_combines_methods_with_their_own_parameters(make_config):
         build_methods(make_config("method=kd", "plus=[replay]", "plus.replay.memory_size=0"))
     with pytest.raises(ConfigError, match="method and plus.kd are both KD"):
         build_methods(make_config("method=kd", "plus=[kd]"))
-    with pytest.raises(ConfigError, match=r"^plus\.ewc\.fisher_label='true': now called empirical \(plus\.ewc\.fisher_label"):
+    renamed = r"^plus\.ewc\.fisher_label='true': now called empirical \(plus\.ewc\.fisher_label"
+    with pytest.raises(ConfigError, match=renamed):
         build_methods(make_config("method=kd", "plus=[ewc]", "plus.ewc.fisher_label=true"))
 
 
