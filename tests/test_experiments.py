@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from cl_bench import CONFIG_DIR
 from cl_bench.data.sources import missing_mnist_files
 from cl_bench.results.report import read_report_csv

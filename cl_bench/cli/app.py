@@ -18,7 +18,6 @@ through the `cl_bench_version` resolver).
 from __future__ import annotations
 
 import gc
-import shutil
 import signal
 import sys
 import threading
@@ -31,9 +30,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bench import CONFIG_PACKAGE, __version__
+from cl_bench.cli.optuna_study import default_study_name
+from cl_bench.core.layout import ERROR_FILE, FAILED_SCORE, SUMMARY_FILE
 
 if not OmegaConf.has_resolver("cl_bench_version"):  # `${cl_bench_version:}` in the --help text
     OmegaConf.register_new_resolver("cl_bench_version", lambda: __version__)
+if not OmegaConf.has_resolver("cl_bench_study"):  # an Optuna search's default study name (optuna_score.yaml)
+    OmegaConf.register_new_resolver("cl_bench_study", default_study_name)
 
 _frozen = False
 _sweep_stopped = False  # a sweep was asked to stop (Ctrl-C / SIGTERM): later jobs are not run
@@ -73,13 +76,11 @@ def override_keys() -> list[str]:
     return [override.key_or_group for override in overrides]
 
 
-def not_run(cfg: DictConfig, run_dir: Path) -> float:
-    """A job of a stopped sweep: recorded as not run, nothing trained."""
-    from cl_bench.engine.checkpoint import write_json
-    from cl_bench.engine.run import FAILED_SCORE
-    from cl_bench.results.summary import SUMMARY_FILE
+def not_run(run_dir: Path) -> float:
+    """A job of a stopped sweep: recorded as not run (in a folder without a run), nothing trained."""
+    from cl_bench.core.not_run import record_not_run
 
-    write_json({"status": "not_run", "error": "the sweep was stopped before this job started"}, run_dir / SUMMARY_FILE)
+    record_not_run(run_dir, "the sweep was stopped before this job started")
     print(f"cl-bench: not run (the sweep was stopped): {run_dir}", file=sys.stderr)
     return FAILED_SCORE
 
@@ -130,8 +131,7 @@ def slurm_ending(summary: dict, folder: Path) -> dict:
                  f"when SLURM starts the job again ({folder})")
     if reason != slurm_job.CANCELLED:
         return summary
-    from cl_bench.engine.checkpoint import write_json
-    from cl_bench.results.summary import SUMMARY_FILE
+    from cl_bench.core.files import write_json
 
     summary = {**summary, "status": "cancelled", "error": f"SLURM job {job} was cancelled; {summary.get('error')}"}
     write_json(summary, folder / SUMMARY_FILE)
@@ -145,7 +145,7 @@ def result_line(summary: dict, folder: Path) -> str:
         shown = f"Score {100 * score:.1f}%" if score is not None else "Score n/a"
         shown += f" (test {100 * test:.1f}%)" if test is not None else ""
         return f"cl-bench: {summary.get('method', 'run')}: {shown} · {folder}"
-    where = f"traceback in {folder / 'error.txt'}" if summary["status"] == "failed" else str(folder)
+    where = f"traceback in {folder / ERROR_FILE}" if summary["status"] == "failed" else str(folder)
     return f"cl-bench: run {summary['status']}: {summary.get('error')} ({where})"
 
 
@@ -159,7 +159,7 @@ def main(cfg: DictConfig) -> float:
     if multirun:
         watch_sweep_signals()
         if _sweep_stopped:
-            return not_run(cfg, own_dir)
+            return not_run(own_dir)
     folder = Path(cfg.resume).expanduser() if cfg.get("resume") else own_dir
     print(start_line(hydra_cfg, folder, multirun), flush=True)
     figure = figure_helper()  # its helper process imports matplotlib while this one imports torch
@@ -171,13 +171,11 @@ def main(cfg: DictConfig) -> float:
     summary = run_experiment(cfg, own_dir, figure, override_keys())
     if summary["status"] == "interrupted":
         summary = slurm_ending(summary, folder)
-    if folder != own_dir:  # resume=: this invocation's own folder holds only Hydra's files
-        shutil.rmtree(own_dir, ignore_errors=True)
     if multirun and summary["status"] == "interrupted":
         _sweep_stopped = True
     line = result_line(summary, folder)
-    if summary["status"] == "failed" and hydra_cfg.verbose and (folder / "error.txt").exists():
-        print((folder / "error.txt").read_text(), file=sys.stderr)  # hydra.verbose=true: the traceback too
+    if summary["status"] == "failed" and hydra_cfg.verbose and (folder / ERROR_FILE).exists():
+        print((folder / ERROR_FILE).read_text(), file=sys.stderr)  # hydra.verbose=true: the traceback too
     if not multirun:
         # The process ends after this single job, its files written and closed: spare it the
         # interpreter's final collections over everything torch and the run left (~0.6 s).

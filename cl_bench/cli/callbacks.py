@@ -7,35 +7,28 @@ second to every single run. What a multirun needs is imported when it starts or 
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bench.core.layout import HYDRA_RECORD
+from cl_bench.core.status import NOT_OK
+from cl_bench.errors import one_line
+
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-
-
-def job_statuses(sweep_dir: Path) -> Counter:
-    """How many of the sweep's jobs ended in each status ("no summary" for a job that wrote none)."""
-    statuses: Counter = Counter()
-    for job in (path.parent.parent for path in sweep_dir.glob("*/.hydra/config.yaml")):
-        try:
-            statuses[json.loads((job / "summary.json").read_text())["status"]] += 1
-        except (OSError, ValueError, KeyError):
-            statuses["no summary"] += 1
-    return statuses
 
 
 def exit_message(config: DictConfig, statuses: Counter) -> str | None:
     """Why the sweep exits non-zero, or None. A grid sweep fails when any job did not end ok; a search
     (Optuna) only when it was stopped, since failed trials are part of a search."""
     searched = config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER
-    counted = ("interrupted", "cancelled", "not_run") if searched else tuple(s for s in statuses if s != "ok")
+    counted = ("interrupted", "cancelled", "not_run") if searched else NOT_OK
     bad = {status: statuses[status] for status in counted if statuses[status]}
     if not bad:
         return None
@@ -43,19 +36,58 @@ def exit_message(config: DictConfig, statuses: Counter) -> str | None:
     return f"cl-bench: {sum(bad.values())} of {sum(statuses.values())} jobs did not end ok ({listed}); see the report"
 
 
-class SweepCallback(Callback):
-    """A multirun's start and end: a SLURM sweep gets the launcher that follows its jobs
-    (cl_bench.cli.slurm_launcher, imported only then); a re-run into an existing sweep folder is checked
-    before any job starts; at the end the Score table is written and printed (and logged to W&B with
-    `logger=wandb`), then the command exits non-zero if the sweep did not complete."""
+def ends_in_one_line(hook: Callable[..., None]) -> Callable[..., None]:
+    """A callback hook whose refusals and failures end the command in one line: Hydra turns an exception a
+    callback raises into a warning and carries on, which would start a job in a refused folder, or exit 0
+    after a sweep whose report failed."""
 
+    @functools.wraps(hook)
+    def guarded(self: Callback, config: DictConfig, **kwargs: Any) -> None:
+        from cl_bench.cli.folders import Refused
+        from cl_bench.cli.optuna_study import OtherExperiment
+        from cl_bench.engine.run_folder import ForeignFolder, NotResumable
+
+        try:
+            hook(self, config, **kwargs)
+        except (ForeignFolder, NotResumable, OtherExperiment, Refused) as refusal:
+            sys.exit(f"cl-bench: {refusal}")
+        except Exception as error:  # noqa: BLE001
+            sys.exit(f"cl-bench: {hook.__name__} failed: {type(error).__name__}: {one_line(error)}")
+
+    return guarded
+
+
+class SweepCallback(Callback):
+    """A run's start: its folder is checked before Hydra makes it (cl_bench.cli.folders). A multirun's
+    start and end: the sweep folder is checked the same way; a SLURM sweep gets the launcher that follows
+    its jobs (cl_bench.cli.slurm_launcher, imported only then); a re-run into an existing sweep folder is
+    checked before any job starts; at the end the Score table is written and printed (and logged to W&B
+    with `logger=wandb`), then the command exits non-zero if the sweep did not complete."""
+
+    @ends_in_one_line
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from cl_bench.cli.folders import prepare_run
+
+        prepare_run(config)
+
+    @ends_in_one_line
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from cl_bench.cli.folders import prepare_sweep
+
+        prepare_sweep(config)
+        if config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER:
+            from cl_bench.cli.optuna_study import claim_study  # optuna: only for searches
+
+            claim_study(config)
         if OmegaConf.select(config, "hydra.launcher._target_") == SLURM_LAUNCHER:
             from cl_bench.cli.slurm_launcher import use_for_slurm_multiruns  # submitit: only for SLURM sweeps
 
             use_for_slurm_multiruns()
-        from cl_bench.cli.sweep_check import refused_jobs
+        from cl_bench.cli.sweep_check import GRID_SWEEPER, job_overrides, refused_jobs
 
+        if config.hydra.sweeper.get("_target_") == GRID_SWEEPER and not job_overrides(config):
+            sys.exit("cl-bench: the sweep has no job (its values make no combination, e.g. seed='range(0,0)'); "
+                     "nothing was run")
         refused = refused_jobs(config)
         if refused:
             sys.exit(
@@ -64,10 +96,17 @@ class SweepCallback(Callback):
                 + "\nUse a new folder (hydra.sweep.dir=...), or the sweep's own command line to continue it."
             )
 
+    @ends_in_one_line
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from cl_bench.results.report import write_sweep_report
 
-        write_sweep_report(config)
-        message = exit_message(config, job_statuses(Path(str(config.hydra.sweep.dir))))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if next(sweep_dir.rglob(HYDRA_RECORD), None) is None:
+            sys.exit(f"cl-bench: the sweep ran no job (its values make no combination); nothing in {sweep_dir}")
+        try:
+            statuses = write_sweep_report(config)
+        except (FileNotFoundError, ValueError) as error:
+            sys.exit(f"cl-bench: the sweep's jobs ended without a report: {one_line(error)}")
+        message = exit_message(config, statuses)
         if message:
             sys.exit(message)

@@ -38,15 +38,15 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import OmegaConf, open_dict, read_write
 
 from cl_bench.cli.callbacks import SLURM_LAUNCHER
+from cl_bench.core.files import read_data
+from cl_bench.core.layout import FAILED_SCORE, SUMMARY_FILE
+from cl_bench.core.not_run import record_not_run
 
 POLL_S = 1.0  # result files are looked for every second (as submitit does)
 SQUEUE_EVERY_S = (2.0, 15.0)  # squeue: every 2 s at first, slowing down to every 15 s while nothing changes
 RESULT_GRACE_S = 30.0  # a job SLURM says has ended may take this long to show its result file (shared file systems)
 RUNNING = "RUNNING"
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT")  # a job SLURM will (re)start
-# cl_bench.results.summary.SUMMARY_FILE and cl_bench.engine.run.FAILED_SCORE (importing them imports torch)
-SUMMARY_FILE = "summary.json"
-FAILED_SCORE = 0.0
 # squeue states of a job that will not run again (a requeued job is PENDING, REQUEUED or COMPLETING meanwhile).
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "REVOKED"}
@@ -140,7 +140,7 @@ def end_line(tracked: Tracked, ret: JobReturn) -> tuple[str, bool]:
     if resumed:
         folder = Path(str(resumed)).expanduser()
     try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text())
+        summary = json.loads(read_data(folder / SUMMARY_FILE, 10_000_000))
     except (OSError, ValueError):  # e.g. a refused run (its folder is another run's): the job's own last line
         fallback = f"cl-bench: #{tracked.num} ended without a summary (log: {tracked.job.paths.stdout})"
         return last_line(tracked) or fallback, False
@@ -304,8 +304,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             OmegaConf.save(task, hydra_dir / "config.yaml")
             OmegaConf.save(OmegaConf.create({"hydra": config.hydra}), hydra_dir / "hydra.yaml")
             OmegaConf.save(config.hydra.overrides.task, hydra_dir / "overrides.yaml")
-            stopped = {"status": "not_run", "error": "the sweep was stopped (Ctrl-C) before this SLURM job started"}
-            (folder / SUMMARY_FILE).write_text(json.dumps(stopped, indent=2))
+            record_not_run(folder, "the sweep was stopped (Ctrl-C) before this SLURM job started")
         return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=FAILED_SCORE)
 
 

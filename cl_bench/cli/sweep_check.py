@@ -1,6 +1,7 @@
-"""Before a grid sweep starts in a folder that already holds runs (a sweep re-run into its own
-`hydra.sweep.dir`): every job whose folder holds a run must be that run's config, else the whole
-sweep is refused before any job starts. Jobs whose folders match continue their runs."""
+"""Before a grid sweep starts in a folder that already exists (a sweep re-run into its own
+`hydra.sweep.dir`): every job whose folder holds a run must be that run's config, and no job folder may
+hold files no cl_bench run made, else the whole sweep is refused before any job starts. Jobs whose
+folders match continue their runs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cl_bench.engine.run_folder import STATE_DIR, load_saved_config, mismatch, summarised
+from cl_bench.engine.run_folder import ForeignFolder, check_folder_to_write, load_saved_config, mismatch, summarised
 
 GRID_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -44,17 +45,24 @@ def job_config(config: DictConfig, overrides: list[str], num: int) -> tuple[Dict
 
 
 def refused_jobs(config: DictConfig) -> list[str]:
-    """One line per job of this grid sweep whose folder holds a run of another config (none for other
-    sweepers, whose jobs are checked one by one as they start, or for a new sweep folder)."""
+    """One line per job of this grid sweep whose folder holds a run of another config, or files no cl_bench
+    run made (none for other sweepers, whose jobs are checked one by one as they start, or for a new sweep
+    folder)."""
     sweep_dir = Path(str(config.hydra.sweep.dir))
-    if config.hydra.sweeper.get("_target_") != GRID_SWEEPER or not any(sweep_dir.glob(f"*/{STATE_DIR}")):
+    if config.hydra.sweeper.get("_target_") != GRID_SWEEPER or not sweep_dir.is_dir():
         return []
     refused = []
     for num, overrides in enumerate(job_overrides(config)):
         composed, subdir = job_config(config, overrides, num)
-        saved = load_saved_config(sweep_dir / subdir)
-        keys = mismatch(saved, composed) if saved is not None else []
+        job = f"job {num} ({' '.join(overrides)})"
+        try:
+            check_folder_to_write(sweep_dir / subdir)
+        except ForeignFolder as error:
+            refused.append(f"{job}: {error}")
+            continue
+        found = load_saved_config(sweep_dir / subdir)
+        keys = mismatch(found.config, composed) if found is not None else []
         if keys:
             keys = sorted(summarised(keys))
-            refused.append(f"job {num} ({' '.join(overrides)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
+            refused.append(f"{job}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
     return refused

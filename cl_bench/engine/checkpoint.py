@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
-import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import torch
 
+from cl_bench.core.files import read_data, write_atomically
 from cl_bench.engine.trainer import STATE_FORMAT, IncompatibleState
 
 log = logging.getLogger(__name__)
@@ -27,35 +25,6 @@ TRAILER_SIZE = len(CHECKSUM_MAGIC) + hashlib.sha256().digest_size
 
 class CorruptState(ValueError):
     """A checkpoint or cache file whose bytes are not those cl_bench wrote (truncated or altered)."""
-
-
-def _process_umask() -> int:
-    """The umask, read once: from /proc on Linux (no change at all), else set and restored at once."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-FILE_MODE = 0o666 & ~_process_umask()  # what open() would give a new file (mkstemp gives 0600)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(handle, FILE_MODE)
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def remove_partial_writes(folder: Path, names: str) -> None:
@@ -71,7 +40,7 @@ def write_checksummed(payload: bytes, path: Path) -> None:
         file.write(payload)
         file.write(CHECKSUM_MAGIC + hashlib.sha256(payload).digest())
 
-    _atomic_write(path, write)
+    write_atomically(path, write)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -83,7 +52,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 def _read_payload(path: Path) -> tuple[bytes, bool]:
     """The file's payload and whether a checksum trailer verified it; CorruptState if it does not."""
-    data = path.read_bytes()
+    data = read_data(path)
     trailer = data[-TRAILER_SIZE:]
     if len(data) < TRAILER_SIZE or not trailer.startswith(CHECKSUM_MAGIC):
         return data, False
@@ -132,28 +101,6 @@ def load_weights_file(path: Path) -> dict[str, Any]:
     (no checksum to verify), loaded safely."""
     payload, _ = _read_payload(path)
     return _torch_load(path, payload, "cpu")
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as null, so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_json(data: Any, path: Path) -> None:
-    """Strict JSON written atomically (a crash never leaves a half-written file)."""
-    text = json.dumps(_json_safe(data), indent=2, default=str)
-    _atomic_write(path, lambda file: file.write(text.encode()))
-
-
-def write_text(text: str, path: Path) -> None:
-    """A text file written atomically."""
-    _atomic_write(path, lambda file: file.write(text.encode()))
 
 
 class CheckpointDir:

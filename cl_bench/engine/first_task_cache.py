@@ -50,7 +50,6 @@ class FirstTaskCache:
         self.path = cache_dir / "first_task" / f"{key}.pt"
         self.metrics = metrics
         self.device = device
-        self.hit = False
 
     def __call__(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +59,7 @@ class FirstTaskCache:
             if state is not None:
                 rows = state.pop("rows")
                 trainer.import_first_task_state(state, rows)
-                self.hit = True
+                trainer.result.first_task_cached = True
                 log.info("task A loaded from %s", self.path)
                 return
             rows_before = len(self.metrics.rows)

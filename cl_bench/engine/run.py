@@ -18,40 +18,49 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bench.core.files import write_json, write_text
+from cl_bench.core.layout import (
+    CURVES_FIGURE,
+    ERROR_FILE,
+    FAILED_SCORE,
+    METRICS_CSV,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    TASKS_FILE,
+)
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.data.task import Task
-from cl_bench.engine.checkpoint import CheckpointDir, load_weights_file, write_json
-from cl_bench.engine.config_safety import check_targets, targets_of
+from cl_bench.engine.checkpoint import CheckpointDir, load_weights_file
 from cl_bench.engine.device import device_description, device_model_options, resolve_device
 from cl_bench.engine.first_task_cache import FirstTaskCache, first_task_key
 from cl_bench.engine.run_folder import (
-    STATE_DIR,
     ConfigMismatch,
     RunLock,
     bind,
     check_claim,
+    check_folder_to_write,
+    check_resumable,
     load_saved_config,
-    saved_config_path,
+    restore_hydra_files,
     shown,
 )
+from cl_bench.engine.saved_config import LABEL_KEYS, UnsafeConfig, targets_of
 from cl_bench.engine.scenario import Scenario
 from cl_bench.engine.settings import trainer_settings
 from cl_bench.engine.threads import resolve_threads
-from cl_bench.engine.trainer import IncompatibleState, StopRequested, Trainer
+from cl_bench.engine.trainer import StopRequested, Trainer
 from cl_bench.engine.validate import check_against_tasks, validate_config
 from cl_bench.errors import one_line
-from cl_bench.methods.build import RUN_KEYS, build_methods, method_label
+from cl_bench.methods.build import build_methods, method_label
 from cl_bench.models.head import grow_head
-from cl_bench.results.experiment_keys import changes_experiment
+from cl_bench.results.experiment_keys import RUN_KEYS, changes_experiment, matches
 from cl_bench.results.figure_worker import CurveFigure
-from cl_bench.results.metrics_log import METRICS_CSV, METRICS_FILE, MetricsLog, write_metrics_csv
+from cl_bench.results.metrics_log import MetricsLog, write_metrics_csv
 from cl_bench.results.provenance import git_state, versions
-from cl_bench.results.summary import SUMMARY_FILE, result_summary
+from cl_bench.results.summary import result_summary
 
 log = logging.getLogger(__name__)
 
-FAILED_SCORE = 0.0  # what a failed run returns to a sweeper that maximises Score: the worst Score
-TASKS_FILE = "tasks.json"
 
 
 def describe(cfg: DictConfig) -> dict:
@@ -65,15 +74,14 @@ def describe(cfg: DictConfig) -> dict:
 
 
 def _description(cfg: DictConfig) -> dict:
-    nodes = {"method": cfg.method, **(cfg.get("plus") or {})}
+    nodes = {"method": cfg.method, **{f"plus.{name}": node for name, node in (cfg.get("plus") or {}).items()}}
     params = {
         name: {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("_target_", *RUN_KEYS)}
         for name, node in nodes.items()
     }
     return {
         "method": method_label(cfg),
-        "method_params": params.pop("method"),
-        **({"plus_params": params} if params else {}),
+        "method_params": params,
         "lr": cfg.lr,
         "seed": cfg.seed,
         "scenario": cfg.scenario,
@@ -98,15 +106,10 @@ def resumed_config(cfg: DictConfig, override_keys: Sequence[str]) -> tuple[DictC
     is taken when it does not change the experiment (threads, device, checkpoint, logger, ...: the
     keys of NON_EXPERIMENT_KEYS) or equals the saved value; any other is refused."""
     folder = Path(cfg.resume).expanduser()
-    saved = load_saved_config(folder)
-    if saved is None:
-        if (folder / ".hydra" / "config.yaml").exists():
-            raise IncompatibleState(
-                f"resume={cfg.resume}: this run was made by an earlier cl_bench (before 0.3), whose runs cannot "
-                f"be continued; start a new run (its results stay readable by cl-bench-report)"
-            )
-        raise FileNotFoundError(f"resume={cfg.resume}: not a cl_bench run folder (no {STATE_DIR}/config.yaml there)")
-    check_targets(saved, str(saved_config_path(folder)), trusted=targets_of(cfg))
+    check_resumable(folder, cfg.resume)
+    found = load_saved_config(folder, targets_of(cfg))
+    saved = found.config
+    take_own_values(saved, found.literal, cfg, override_keys, folder)
     refused = []
     for key in override_keys:
         if key == "resume" or _plain_at(cfg, key) == _plain_at(saved, key):
@@ -122,6 +125,32 @@ def resumed_config(cfg: DictConfig, override_keys: Sequence[str]) -> tuple[DictC
             f"start a new run for another config"
         )
     return saved, folder
+
+
+def take_own_values(saved: DictConfig, literal: dict[str, str], cfg: DictConfig, override_keys: Sequence[str],
+                    folder: Path) -> None:
+    """The keys of a resumed run's config whose values read outside it (kept as literal text when read,
+    engine.saved_config) take this invocation's value where its own config has the same text there (e.g.
+    conf/logger/wandb.yaml's `mode: ${oc.env:WANDB_MODE,online}`), or the command line gives them; a label
+    keeps its text; any other is refused, naming the key."""
+    given = [key for key in override_keys if key != "resume"]
+    for key, text in literal.items():
+        own = _raw_at(cfg, key)
+        if own == text:
+            OmegaConf.update(saved, key, own, merge=False)
+        elif not matches(key, LABEL_KEYS) and not matches(key, given):
+            raise UnsafeConfig(
+                f"resume={folder}: {key}={text} in the run's config reads outside it (the environment, the time, "
+                f"...); a saved config is read as data: give {key}=... on the command line"
+            )
+
+
+def _raw_at(config: DictConfig, key: str) -> Any:
+    """The value at dotted `key` as written (interpolations unresolved), or None."""
+    tree: Any = OmegaConf.to_container(config, resolve=False)
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 @contextmanager
@@ -206,7 +235,7 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, cl
         first_task = FirstTaskCache(Path(cfg.cache_dir), first_task_key(cfg, device.type), metrics, device)
     with stop_on_signals(trainer):
         result = trainer.run(first_task)
-    summary["first_task_cached"] = bool(first_task and first_task.hit)
+    summary["first_task_cached"] = result.first_task_cached
     summary.update(result_summary(metrics.rows, tasks, result, cfg.accuracy))
 
 
@@ -234,10 +263,14 @@ def run_experiment(
     clock = WallClock()
     with ExitStack() as stack:
         try:
-            if cfg.get("resume"):
+            resuming = bool(cfg.get("resume"))
+            if resuming:
                 cfg, run_dir = resumed_config(cfg, override_keys)
+            check_folder_to_write(run_dir)
             stack.enter_context(RunLock(run_dir))
             check_claim(run_dir, cfg)
+            if resuming:  # Hydra's record of this start in the run's folder: the run's own again
+                restore_hydra_files(run_dir)
         except Exception as error:  # noqa: BLE001 (any refusal: a one-line message, nothing written)
             if figure is not None:
                 figure.close()
@@ -261,8 +294,8 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, figure: CurveFigure, clock: Wa
         summary.update(status="interrupted", error=f"{stop}; continue with: cl-bench resume={run_dir}")
     except Exception as error:
         summary.update(status="failed", error=f"{type(error).__name__}: {one_line(error)}")
-        _attempt(lambda: (run_dir / "error.txt").write_text(traceback.format_exc()), run_dir / "error.txt", summary)
-        log.debug("run failed: %s (details in %s)", summary["error"], run_dir / "error.txt")
+        _attempt(lambda: write_text(traceback.format_exc(), run_dir / ERROR_FILE), run_dir / ERROR_FILE, summary)
+        log.debug("run failed: %s (details in %s)", summary["error"], run_dir / ERROR_FILE)
     except BaseException:
         summary.update(status="interrupted", error=f"stopped at once; continue with: cl-bench resume={run_dir}")
         raise
@@ -272,7 +305,7 @@ def run_in_folder(cfg: DictConfig, run_dir: Path, figure: CurveFigure, clock: Wa
         if rows:  # the rows in memory: no re-read, no pandas
             _attempt(lambda: write_metrics_csv(rows, run_dir / METRICS_CSV), run_dir / METRICS_CSV, summary)
             title = f"{summary.get('method', 'run')} (lr={summary.get('lr', '?')})"
-            _attempt(lambda: figure.draw(rows, run_dir / "curves.png", title), run_dir / "curves.png", summary)
+            _attempt(lambda: figure.draw(rows, run_dir / CURVES_FIGURE, title), run_dir / CURVES_FIGURE, summary)
         figure.close()
         if logger is not None:
             _attempt(lambda: logger.finish(summary, run_dir), "the logger", summary)

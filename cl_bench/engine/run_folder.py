@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.engine.checkpoint import write_text
+from cl_bench.core.files import copy_file, read_data, write_text
+from cl_bench.core.layout import CHECKPOINTS_DIR, CONFIG_FILE, HYDRA_FILES, HYDRA_RECORD, LOG_SUFFIX, STATE_DIR
+from cl_bench.engine.saved_config import SavedConfig, read_saved_config
 from cl_bench.results.experiment_keys import differing_keys, experiment_identity
-
-STATE_DIR = ".cl_bench"  # <run folder>/.cl_bench/: the run's own config, Hydra's files, lock, W&B run id
-CONFIG_FILE = "config.yaml"
-HYDRA_FILES = ("hydra.yaml", "overrides.yaml")  # copied from .hydra/ at the run's first start
 
 
 class ConfigMismatch(ValueError):
@@ -29,6 +26,10 @@ class FolderInUse(RuntimeError):
     """Another process holds the run folder's lock."""
 
 
+class ForeignFolder(ValueError):
+    """A folder given to a run that holds files no cl_bench run made: it is never written into."""
+
+
 def state_dir(run_dir: Path) -> Path:
     return run_dir / STATE_DIR
 
@@ -37,10 +38,70 @@ def saved_config_path(run_dir: Path) -> Path:
     return state_dir(run_dir) / CONFIG_FILE
 
 
-def load_saved_config(run_dir: Path) -> DictConfig | None:
-    """The config the run in `run_dir` started with, or None for a folder without one."""
+def load_saved_config(run_dir: Path, trusted: Iterable[tuple[str, str]] | None = None) -> SavedConfig | None:
+    """The config the run in `run_dir` started with, read as data (engine.saved_config; `trusted` as there:
+    None to compare it only), or None for a folder without one."""
     path = saved_config_path(run_dir)
-    return OmegaConf.load(path) if path.exists() else None
+    return read_saved_config(path, trusted=trusted) if path.exists() else None
+
+
+class NotResumable(ValueError):
+    """`resume=` given a folder that holds no run this cl_bench can continue."""
+
+
+def check_resumable(folder: Path, given: str) -> None:
+    """NotResumable unless `folder` (`resume=given`) holds a run's saved config, checked before anything
+    is written there."""
+    if saved_config_path(folder).is_file():
+        return
+    if (folder / HYDRA_RECORD / CONFIG_FILE).is_file():
+        raise NotResumable(
+            f"resume={given}: this run was made by an earlier cl_bench (before 0.3), whose runs cannot be "
+            f"continued; start a new run (its results stay readable by cl-bench-report)"
+        )
+    raise NotResumable(f"resume={given}: not a cl_bench run folder (no {STATE_DIR}/{CONFIG_FILE} there); give the "
+                       f"folder of the run to continue")
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The names in `folder` that neither a cl_bench run nor a Hydra start put there: none for a folder
+    that does not exist, is empty, or is a run folder (it holds `.cl_bench/`); else every name but
+    Hydra's record and log files, sorted."""
+    if not folder.is_dir() or state_dir(folder).is_dir():
+        return []
+    return sorted(entry.name for entry in folder.iterdir()
+                  if entry.name != HYDRA_RECORD and not (entry.suffix == LOG_SUFFIX and entry.is_file()))
+
+
+def links_in(folder: Path) -> list[Path]:
+    """Symbolic links among the files a run writes in `folder` (its own entries and those of its record
+    folders): a write there would go through the link to a file elsewhere. cl_bench never makes one."""
+    found: set[Path] = set()
+    for place in (folder, *(folder / name for name in (STATE_DIR, HYDRA_RECORD, CHECKPOINTS_DIR))):
+        if place != folder and place.is_symlink():
+            found.add(place)
+        elif place.is_dir():
+            found.update(entry for entry in place.iterdir() if entry.is_symlink())
+    return sorted(found)
+
+
+def check_folder_to_write(folder: Path, key: str | None = None) -> None:
+    """ForeignFolder unless `folder` (the value of `key`, e.g. hydra.run.dir) is new, empty or a cl_bench
+    run's, and holds no symbolic link where a run writes."""
+    named = f"{key}={folder}" if key else str(folder)
+    foreign = foreign_entries(folder)
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ForeignFolder(
+            f"{named} holds files that no cl_bench run made ({listed}): nothing was written there; give a new "
+            f"or empty folder"
+        )
+    links = links_in(folder)
+    if links:
+        raise ForeignFolder(
+            f"{named}: {links[0].relative_to(folder)} is a symbolic link, which a run would write through (cl_bench "
+            f"never makes one): nothing was written there; remove the link, or copy the folder without links"
+        )
 
 
 def run_identity(config: DictConfig | dict) -> dict[str, Any]:
@@ -89,11 +150,11 @@ def describe_mismatch(run_dir: Path, keys: list[str], saved: DictConfig, config:
 def check_claim(run_dir: Path, config: DictConfig) -> None:
     """Raise ConfigMismatch if `run_dir` holds a run of another experiment or seed than `config`, after
     putting back the `.hydra/` files Hydra overwrote for this refused start."""
-    saved = load_saved_config(run_dir)
-    keys = mismatch(saved, config) if saved is not None else []
+    found = load_saved_config(run_dir)
+    keys = mismatch(found.config, config) if found is not None else []
     if keys:
         restore_hydra_files(run_dir)
-        raise ConfigMismatch(describe_mismatch(run_dir, keys, saved, config))
+        raise ConfigMismatch(describe_mismatch(run_dir, keys, found.config, config))
 
 
 def bind(run_dir: Path, config: DictConfig) -> None:
@@ -102,21 +163,20 @@ def bind(run_dir: Path, config: DictConfig) -> None:
     if saved_config_path(run_dir).exists():
         return
     for name in HYDRA_FILES:
-        if (run_dir / ".hydra" / name).exists():
-            state_dir(run_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / ".hydra" / name, state_dir(run_dir) / name)
+        if (run_dir / HYDRA_RECORD / name).is_file():
+            copy_file(run_dir / HYDRA_RECORD / name, state_dir(run_dir) / name)
     write_text(OmegaConf.to_yaml(config), saved_config_path(run_dir))
 
 
 def restore_hydra_files(run_dir: Path) -> None:
     """Put the run's own config and Hydra files back into `.hydra/`, if Hydra rewrote it."""
-    hydra_dir = run_dir / ".hydra"
-    if not hydra_dir.exists():
+    hydra_dir = run_dir / HYDRA_RECORD
+    if not hydra_dir.is_dir():
         return
-    shutil.copyfile(saved_config_path(run_dir), hydra_dir / "config.yaml")
+    copy_file(saved_config_path(run_dir), hydra_dir / CONFIG_FILE)
     for name in HYDRA_FILES:
-        if (state_dir(run_dir) / name).exists():
-            shutil.copyfile(state_dir(run_dir) / name, hydra_dir / name)
+        if (state_dir(run_dir) / name).is_file():
+            copy_file(state_dir(run_dir) / name, hydra_dir / name)
 
 
 def is_running(run_dir: Path) -> bool | None:
@@ -147,7 +207,7 @@ class RunLock:
         try:
             self.lock.acquire()
         except Timeout:
-            holder = self.owner.read_text().strip() if self.owner.exists() else "unknown"
+            holder = read_data(self.owner, 100).decode(errors="replace").strip() if self.owner.is_file() else "unknown"
             raise FolderInUse(
                 f"{self.folder.parent} is in use by another cl-bench process (PID {holder}); wait for it to end, "
                 f"or stop it (kill {holder}) and resume"

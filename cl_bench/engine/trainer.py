@@ -42,6 +42,18 @@ class StopRequested(RuntimeError):
     """A signal asked the run to stop; its state was checkpointed first."""
 
 
+RESERVED_TERMS = frozenset({"task", "total"})  # the loss terms the trainer logs itself: no method may return one
+
+
+def reserved_free(terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A method's loss terms, checked for a name the trainer's own terms have."""
+    if not RESERVED_TERMS.isdisjoint(terms):
+        name = min(RESERVED_TERMS.intersection(terms))
+        raise ValueError(f"the method returns a loss term {name!r}; task and total are the trainer's own terms: "
+                         f"give the method's term another name")
+    return terms
+
+
 def index_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[Tensor]:
     """`steps` batches of indices, drawn epoch by epoch from seeded permutations of range(n);
     an epoch's last incomplete batch is dropped."""
@@ -123,10 +135,14 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.stop_requested = False
 
-    def context(self, task_idx: int) -> TrainContext:
+    def context(self, task_idx: int, data: TrainData | None = None) -> TrainContext:
+        """What the method's hooks see while task `task_idx` is trained: with the data the part being trained
+        draws its batches from (`data`, else the current part's) and the part's number."""
+        run = self.current if self.current is not None and self.current.task_idx == task_idx else None
         return TrainContext(
             self.model, self.tasks, self.scenario, task_idx, self.device, self.method_generator,
-            self.settings.batch_size,
+            self.settings.batch_size, data if data is not None or run is None else run.data,
+            run.stage if run is not None else 0,
         )
 
     def run(self, first_task: Callable[[Trainer], None] | None = None) -> SequenceResult:
@@ -162,17 +178,16 @@ class Trainer:
             self.on_eval(row)
 
     def start_task(self, task_idx: int) -> TaskRun:
-        """Grow the head (or restart the model, for a method that asks), let the method prepare,
-        set up the optimiser, draw the task's batches; evaluate at step 0."""
+        """Grow the head (or restart the model, for a method that asks), draw the task's data and batches, let
+        the method prepare (it sees the data in its context), set up the optimiser; evaluate at step 0."""
         grow_head(self.model, self.scenario.n_outputs(task_idx))
         if task_idx > 0 and self.method.restart_model:
             reset_parameters(self.model)
             self.optimizer = None
-        ctx = self.context(task_idx)
-        self.method.before_task(ctx)
-        self._task_optimizer(task_idx)
         run = self.draw_task(task_idx, self.sampler_generator.get_state())
         self.current = run
+        self.method.before_task(self.context(task_idx))
+        self._task_optimizer(task_idx)
         self.evaluate(task_idx, 0, {})
         return run
 
@@ -187,22 +202,21 @@ class Trainer:
 
     def draw_task(self, task_idx: int, sampler_state: Tensor) -> TaskRun:
         """The task's data, budget, task-loss weight and batches (drawn from `sampler_state`)."""
-        ctx = self.context(task_idx)
-        data = self.method.train_data(ctx)
+        data = self.method.train_data(self.context(task_idx))
         batch_size = self.settings.batch_size
         steps = self.settings.budget_of(task_idx).steps_for(len(data.split), batch_size)
         self.sampler_generator.set_state(sampler_state)
         indices = list(index_batches(len(data.split), batch_size, steps, self.sampler_generator))
         data = TrainData(data.split, data.task_ids.to(self.device))
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        weight = self.method.task_loss_weight(ctx)
+        weight = self.method.task_loss_weight(self.context(task_idx, data))
         return TaskRun(task_idx, steps, data, weight, indices, sampler_state, nonfinite=nonfinite)
 
     def train_task(self, task_idx: int) -> None:
         """Train task `task_idx` to the end of its budget and of the method's stages (continuing a resumed task)."""
         run = self.current if self.current is not None else self.start_task(task_idx)
-        ctx = self.context(task_idx)
         while True:
+            ctx = self.context(task_idx)
             self._train_part(run, ctx)
             if run.stage > 0:
                 set_lr(self.optimizer, self.settings.lr_of(task_idx))
@@ -237,63 +251,62 @@ class Trainer:
         desc = f"task {task_idx} {self.tasks[task_idx].name}"
         if run.stage > 0:
             desc += f" {run.stages[run.stage - 1].name}"
-        progress = tqdm(
-            total=run.end - run.start, initial=run.step - run.start, desc=desc,
-            disable=None, mininterval=1.0,
-        )
         remaining = run.indices[run.step - run.start :]
         optimizer, task_weight, model = self.optimizer, run.task_weight, self.model
         after_backward, after_step = defined_hook(self.method, "after_backward"), defined_hook(self.method, "after_step")
         penalty_values = defined_hook(self.method, "penalty_values")
         started = time.perf_counter()
-        for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
-            index = index.to(self.device)
-            batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index))
-            with self.autocast:
-                logits = model(batch.x)
-                task_loss = self._task_loss(logits, batch, len(y))
-                terms = {"task": task_loss if task_weight == 1 else task_weight * task_loss}
-                terms.update(self.method.loss_terms(ctx, batch, logits))
-            loss = reduce(operator.add, terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward(ctx, model)
-            optimizer.step()
-            if after_step is not None:
-                after_step(ctx, model)
-            terms["total"] = loss
-            for name, value in terms.items():  # running sums on the device, read at evaluation
-                run.sums[name] = run.sums[name] + value.detach() if name in run.sums else value.detach().to(self.sum_dtype)
-            run.step += 1
-            run.since += 1
-            self.global_step += 1
-            at_eval = run.step % eval_every == 0 or run.step == run.end
-            at_checkpoint = bool(every) and self.global_step % every == 0
-            if at_eval or at_checkpoint or self.stop_requested:
-                self.result.train_seconds += time.perf_counter() - started
-                progress.update(run.step - run.start - progress.n)
-                penalties = {} if penalty_values is None else penalty_values(ctx)
-                self._check_finite(run, penalties)
-                if at_eval:
-                    self.result.train_steps += run.since
-                    means = {name: float(value) / run.since for name, value in run.sums.items()}
-                    if means:  # the penalties at this step's parameters; the total is the row's terms' sum
-                        means.update({name: float(value) for name, value in penalties.items()})
-                        means["total"] += sum(means[name] for name in penalties)
-                    run.sums, run.since = {}, 0
-                    self.evaluate(task_idx, run.step, means)
-                    self.model.train()
-                if run.step == run.end and run.stages is None:  # the main steps' end: the stages that follow
-                    run.stages = self.method_stages(ctx)
-                    self.model.train()
-                task_ends = run.step == run.end and run.last_part  # finish_task checkpoints it
-                if (at_checkpoint and not task_ends) or self.stop_requested:
-                    self.on_checkpoint(self.state_dict())
-                if self.stop_requested:
-                    raise StopRequested(f"stopped at global step {self.global_step}; state checkpointed")
-                started = time.perf_counter()
-        progress.close()
+        with tqdm(
+            total=run.end - run.start, initial=run.step - run.start, desc=desc,
+            disable=None, mininterval=1.0,
+        ) as progress:  # closed however the part ends
+            for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
+                index = index.to(self.device)
+                batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index))
+                with self.autocast:
+                    logits = model(batch.x)
+                    task_loss = self._task_loss(logits, batch, len(y))
+                    terms = {"task": task_loss if task_weight == 1 else task_weight * task_loss,
+                             **reserved_free(self.method.loss_terms(ctx, batch, logits))}
+                loss = reduce(operator.add, terms.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if after_backward is not None:
+                    after_backward(ctx, model)
+                optimizer.step()
+                if after_step is not None:
+                    after_step(ctx, model)
+                terms["total"] = loss
+                for name, value in terms.items():  # running sums on the device, read at evaluation
+                    run.sums[name] = run.sums[name] + value.detach() if name in run.sums else value.detach().to(self.sum_dtype)
+                run.step += 1
+                run.since += 1
+                self.global_step += 1
+                at_eval = run.step % eval_every == 0 or run.step == run.end
+                at_checkpoint = bool(every) and self.global_step % every == 0
+                if at_eval or at_checkpoint or self.stop_requested:
+                    self.result.train_seconds += time.perf_counter() - started
+                    progress.update(run.step - run.start - progress.n)
+                    penalties = {} if penalty_values is None else reserved_free(penalty_values(ctx))
+                    self._check_finite(run, penalties)
+                    if at_eval:
+                        self.result.train_steps += run.since
+                        means = {name: float(value) / run.since for name, value in run.sums.items()}
+                        if means:  # the penalties at this step's parameters; the total is the row's terms' sum
+                            means.update({name: float(value) for name, value in penalties.items()})
+                            means["total"] += sum(means[name] for name in penalties)
+                        run.sums, run.since = {}, 0
+                        self.evaluate(task_idx, run.step, means)
+                        self.model.train()
+                    if run.step == run.end and run.stages is None:  # the main steps' end: the stages that follow
+                        run.stages = self.method_stages(ctx)
+                        self.model.train()
+                    task_ends = run.step == run.end and run.last_part  # finish_task checkpoints it
+                    if (at_checkpoint and not task_ends) or self.stop_requested:
+                        self.on_checkpoint(self.state_dict())
+                    if self.stop_requested:
+                        raise StopRequested(f"stopped at global step {self.global_step}; state checkpointed")
+                    started = time.perf_counter()
 
     def _task_loss(self, logits: Tensor, batch: Batch, n_own: int) -> Tensor:
         """Mean cross-entropy of the task's own examples: the batch's first `n_own` (a method that

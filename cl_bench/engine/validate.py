@@ -14,9 +14,11 @@ import inspect
 import math
 import re
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -222,10 +224,35 @@ def _resolvable(cfg: DictConfig) -> None:
         raise ConfigError(f"{error.full_key}: cannot be resolved ({reason})") from None
 
 
+def _plus_parts(cfg: DictConfig) -> None:
+    """Every node under `plus` is a selected method (`plus=[replay]`): an override of `plus.<name>.<key>` alone
+    makes a node without one."""
+    for name, node in (cfg.get("plus") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            keys = [key for key in node if key != "label"] if isinstance(node, DictConfig) else []
+            given = f"plus.{name}.{keys[0]}" if keys else f"plus.{name}"
+            raise ConfigError(f"{given} is set, but {name} is not in plus: add plus=[{name}] (or leave the override out)")
+
+
+def check_listed_once(overrides: Sequence[str]) -> None:
+    """A method is listed in `plus=[...]` once (Hydra would compose a repeated one into one part): ConfigError
+    naming it. `overrides`: the command line's, as Hydra keeps them (`hydra.overrides.task`)."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.key_or_group != "plus" or override.is_sweep_override():
+            continue
+        names = override.value() if isinstance(override.value(), list) else [override.value()]
+        repeated = next((name for name in names if names.count(name) > 1), None)
+        if repeated is not None:
+            raise ConfigError(f"plus=[{','.join(map(str, names))}]: {repeated} is listed twice; combine a method once")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that cannot work."""
     if not cfg.get("dataset"):
         raise ConfigError("dataset=[]: select at least one dataset, e.g. dataset=[split_sklearn_digits]")
+    if HydraConfig.initialized():
+        check_listed_once(OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
+    _plus_parts(cfg)
     missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"mandatory value(s) not set: {', '.join(missing)} (give them on the command line, key=value)")

@@ -43,9 +43,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from wandb.sdk.lib import runid, wbauth
 
+from cl_bench.core.files import read_data, write_text
+from cl_bench.core.layout import METRICS_FILE
 from cl_bench.engine.run_folder import state_dir
 from cl_bench.loggers.base import RunLogger
-from cl_bench.results.metrics_log import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,9 @@ def saved_run_id(run_dir: Path) -> tuple[str, bool]:
     and saved now)."""
     path = state_dir(run_dir) / RUN_ID_FILE
     if path.exists():
-        return path.read_text().strip(), True
+        return read_data(path, 100).decode(errors="replace").strip(), True
     run_id = runid.generate_id()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{run_id}\n")
+    write_text(f"{run_id}\n", path)
     return run_id, False
 
 

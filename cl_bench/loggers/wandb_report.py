@@ -9,22 +9,21 @@ import wandb
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cl_bench.core.layout import COMPARISON_FIGURE, REPORT_CSV
 from cl_bench.loggers.wandb import WandbLogger, sweep_group
 from cl_bench.results.report import read_report_csv
 
 log = logging.getLogger(__name__)
 
-REPORT_CSV = "report.csv"
-COMPARISON_FIGURE = "comparison.png"
-
 
 def publish_report(config: DictConfig, sweep_dir: Path) -> None:
-    """When the sweep logs to W&B, log its report (table and comparison figure); never raises."""
-    logger = instantiate(config.logger)
-    if not isinstance(logger, WandbLogger) or not (sweep_dir / REPORT_CSV).exists():
-        return
-    group = sweep_group(sweep_dir)
+    """When the sweep logs to W&B, log its report (table and comparison figure). Never raises: the report's
+    files are written already, W&B holds a copy; a failure is one warning."""
     try:
+        logger = instantiate(config.logger)
+        if not isinstance(logger, WandbLogger) or not (sweep_dir / REPORT_CSV).exists():
+            return
+        group = sweep_group(sweep_dir)
         table = read_report_csv(sweep_dir / REPORT_CSV)
         run = logger.open_run(sweep_dir, "report", f"report {group}", group, {"sweep_dir": str(sweep_dir)})
         try:
@@ -34,5 +33,5 @@ def publish_report(config: DictConfig, sweep_dir: Path) -> None:
             run.log(media)
         finally:
             run.finish()
-    except Exception as error:  # noqa: BLE001 (the report files are written already: W&B holds a copy)
+    except Exception as error:  # noqa: BLE001
         log.warning("W&B report not logged: %s: %s", type(error).__name__, error)

@@ -40,7 +40,10 @@ class TrainData:
 
 @dataclass
 class TrainContext:
-    """What a method may read: the model, the task sequence, the scenario and where we are."""
+    """What a method may read: the model, the task sequence, the scenario and where we are. While a task is
+    trained, `data` is the data its batches are drawn from (what `Batch.index` indexes: the training data of
+    the method that owns it, e.g. joint training's union; a stage's own data in a stage) and `part` which
+    part of the task is trained (0: its main steps, k: the method's stage k)."""
 
     model: nn.Module
     tasks: list[Task]
@@ -49,6 +52,8 @@ class TrainContext:
     device: torch.device
     generator: torch.Generator
     batch_size: int
+    data: TrainData | None = None
+    part: int = 0
 
 
 class Method:

@@ -11,11 +11,7 @@ from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Method
 from cl_bench.methods.compose import Combined
 from cl_bench.methods.params import under
-
-# The keys of a method node that are not the method's constructor arguments, and not part of what a run
-# computes (results.experiment_keys): `label` is the row's name (`method=lowlr` and `method=baseline
-# lr=1e-4` are one experiment), `lr` a preset's learning rate (the top-level `lr` is the effective one).
-RUN_KEYS = ("label", "lr")
+from cl_bench.results.experiment_keys import RUN_KEYS
 
 
 def build_methods(cfg: DictConfig) -> Method:

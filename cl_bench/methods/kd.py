@@ -171,10 +171,13 @@ class KD(Method):
     `weighting=tasks_seen` gives (1/t)·L_task + (1 − 1/t)·κ·L_KD over the t tasks seen so far (van de
     Ven & Tolias), where `sum` gives L_task + κ·L_KD.
 
-    `teacher`: "recorded" runs the teacher once over the task's training split in `before_task`
-    and looks its logits up by `batch.index` (LwF's "record Y_o"; every example must come from that
-    split); "live" runs the teacher on each batch (needed when augmentation changes the inputs) and
-    distils only the examples with index ≥ 0; "auto" records when the split is deterministic.
+    `teacher`: "recorded" runs the teacher once in `before_task` over the data the task's batches are
+    drawn from (`ctx.data`: the task's training split, or the union of a method that owns the training
+    data, e.g. joint training) and looks its logits up by `batch.index` (LwF's "record Y_o"; every example
+    must come from that data); "live" runs the teacher on each batch (needed when augmentation changes the
+    inputs) and distils only the examples with index ≥ 0; "auto" records when the data is deterministic. A
+    method's stage after the main steps (End-to-End's balanced fine-tuning) draws from other data: there the
+    teacher runs live.
 
     Checkpoints hold the teacher's state dict and the recorded logits. After `load_state_dict` the
     teacher is rebuilt lazily from `ctx.model`'s architecture at the next step that needs it (a
@@ -215,7 +218,7 @@ class KD(Method):
             return
         n_old = ctx.scenario.units_existing_before(ctx.task_idx)
         teacher = self.teacher.build(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
-        split = self.train_data(ctx).split
+        split = ctx.data.split  # what the batches index: the task's split, or a data owner's (joint training)
         if self.teacher_mode == "recorded" or (self.teacher_mode == "auto" and split.deterministic):
             self.recorded = record_outputs(teacher, split)
             self.recorded_task = ctx.task_idx
@@ -243,7 +246,7 @@ class KD(Method):
         recorded outputs are used, which requires every example to be the split's own); no host sync.
         Recorded outputs are turned into probabilities once per task and gathered once per step."""
         own = batch.index >= 0
-        if self.recorded_task == ctx.task_idx:
+        if self.recorded_task == ctx.task_idx and ctx.part == 0:
             torch._assert_async(
                 own.all(),
                 "KD with recorded teacher outputs got examples with index -1 (added to the batch by another "

@@ -137,7 +137,7 @@ class Replay(Method):
 
     def task_loss_weight(self, ctx: TrainContext) -> float:
         """Called once per task: a batch holds min(batch_size, split size) of the task's examples."""
-        own = min(ctx.batch_size, len(self.train_data(ctx).split))
+        own = min(ctx.batch_size, len(ctx.data.split))
         return self._weights(ctx, own)[0] if self.memory else 1.0
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:

@@ -12,7 +12,10 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cl_bench.methods.build import RUN_KEYS
+# The keys of a method node that are not the method's constructor arguments, and not part of what a run
+# computes: `label` is the row's name (`method=lowlr` and `method=baseline lr=1e-4` are one experiment), `lr` a
+# preset's learning rate (the top-level `lr` is the effective one).
+RUN_KEYS = ("label", "lr")
 
 NON_EXPERIMENT_KEYS: frozenset[str] = frozenset(
     {
@@ -98,15 +101,20 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 
 
+def matches(key: str, patterns: Iterable[str]) -> bool:
+    """Whether dotted `key` is one of `patterns` or under one (`*` stands for any one key)."""
+    parts = key.split(".")
+    for listed in patterns:
+        pattern = listed.split(".")
+        if len(pattern) <= len(parts) and all(p in ("*", k) for p, k in zip(pattern, parts)):
+            return True
+    return False
+
+
 def changes_experiment(key: str) -> bool:
     """Whether dotted `key` (a command-line override's key) can change what a run computes: False for
     a key in NON_EXPERIMENT_KEYS or under one (`logger.mode`, `dataset.split_mnist.root`)."""
-    parts = key.split(".")
-    for listed in NON_EXPERIMENT_KEYS:
-        pattern = listed.split(".")
-        if len(pattern) <= len(parts) and all(p in ("*", k) for p, k in zip(pattern, parts)):
-            return False
-    return True
+    return not matches(key, NON_EXPERIMENT_KEYS)
 
 
 def differing_keys(a: dict, b: dict) -> list[str]:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cl_bench.core.files import write_atomically
 from cl_bench.results.metrics import task_letters
 
 if TYPE_CHECKING:
@@ -30,6 +31,11 @@ def _figure(**options):
     from matplotlib.figure import Figure
 
     return Figure(**options)
+
+
+def save(figure, path: Path) -> None:
+    """`figure` as a PNG file, written atomically."""
+    write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=120))
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
@@ -59,7 +65,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     axes.legend(loc="lower left", fontsize="small")
     # the margins tight_layout computes for this fixed design (y ticks 0-100), without its extra draw pass
     figure.subplots_adjust(left=0.103, right=0.975, bottom=0.147, top=0.909)
-    figure.savefig(path, dpi=120)
+    save(figure, path)
 
 
 def plot_comparison(curves: dict[str, pd.DataFrame], path: Path) -> None:
@@ -78,4 +84,4 @@ def plot_comparison(curves: dict[str, pd.DataFrame], path: Path) -> None:
     panels[-1, 0].set_xlabel("training step")
     panels[0, 0].legend(fontsize="small", loc="lower left")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save(figure, path)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cl_bench.core.files import read_data, write_text
+from cl_bench.core.layout import METRICS_FILE
+
 if TYPE_CHECKING:
     import pandas as pd
 
-METRICS_FILE = "metrics.jsonl"
-METRICS_CSV = "metrics.csv"
+MAX_METRICS_BYTES = 2_000_000_000  # read back as data: a regular file of a size a run's rows can reach
+
 
 
 def _json_row(row: dict) -> str:
@@ -44,12 +48,13 @@ class MetricsLog:
             listener(row, len(self.rows) - 1)
 
     def resume(self, n_rows: int) -> None:
-        """Keep the file's first `n_rows` rows (those a checkpoint accounts for), drop the rest."""
-        lines = self.path.read_text().splitlines()[:n_rows] if self.path.exists() else []
+        """Keep the file's first `n_rows` rows (those a checkpoint accounts for), drop the rest; the file is
+        rewritten atomically (a crash leaves the old one whole, for the next resume to count)."""
+        lines = read_data(self.path).decode().splitlines()[:n_rows] if self.path.exists() else []
         if len(lines) < n_rows:
             raise ValueError(f"{self.path} has {len(lines)} rows but the checkpoint accounts for {n_rows}")
         self.rows = [{k: (math.nan if v is None else v) for k, v in json.loads(line).items()} for line in lines]
-        self.path.write_text("".join(line + "\n" for line in lines))
+        write_text("".join(line + "\n" for line in lines), self.path)
 
 
 def write_metrics_csv(rows: list[dict], path: Path) -> None:
@@ -61,17 +66,17 @@ def write_metrics_csv(rows: list[dict], path: Path) -> None:
     def cell(value):
         return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([cell(row.get(key)) for key in columns] for row in rows)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([cell(row.get(key)) for key in columns] for row in rows)
+    write_text(text.getvalue(), path)
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """A run's metrics rows as a data frame (empty when the run logged nothing)."""
+    """A run's metrics rows as a data frame (empty when the run logged nothing), read as data (core.files)."""
     import pandas as pd
 
     path = run_dir / METRICS_FILE
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame()
-    return pd.read_json(path, lines=True)
+    data = read_data(path, MAX_METRICS_BYTES) if path.exists() else b""
+    return pd.read_json(io.BytesIO(data), lines=True) if data.strip() else pd.DataFrame()

@@ -9,7 +9,7 @@ mean validation metric over seeds are chosen, and that choice's test metric is r
 A run's config is the one it started with, `<run>/.cl_bench/config.yaml` (with `hydra.yaml` and
 `overrides.yaml` beside it); run folders of earlier versions have only Hydra's `.hydra/`, which Hydra
 rewrites at every start in the folder, so it is read only where `.cl_bench/` has no config. A saved
-config is data: it is checked (cl_bench.engine.config_safety) before any class it names is imported, and a
+config is data: it is read by cl_bench.engine.saved_config before anything in it is resolved or imported, and a
 run whose config names a target that is not allowed is left out. Whatever cannot be read is named in
 a one-line warning: a missing, truncated or invalid config leaves its run out; an unreadable
 `summary.json` counts the job as "unreadable" in its row.
@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
@@ -43,31 +44,41 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cl_bench import __version__
-from cl_bench.engine.config_safety import UnsafeTarget, check_targets, targets_of
-from cl_bench.engine.run_folder import CONFIG_FILE, STATE_DIR, is_running, saved_config_path, state_dir
+from cl_bench.core.files import read_data
+from cl_bench.core.layout import (
+    COMPARISON_FIGURE,
+    CONFIG_FILE,
+    HYDRA_RECORD,
+    METRICS_FILE,
+    REPORT_MARKDOWN,
+    STATE_DIR,
+    SUMMARY_FILE,
+)
+from cl_bench.core.status import NOT_OK, STATUSES
+from cl_bench.engine.run_folder import is_running, saved_config_path, state_dir
+from cl_bench.engine.saved_config import MAX_CONFIG_BYTES, UnsafeConfig, load_yaml_data, read_saved_config, targets_of
 from cl_bench.errors import one_line
 from cl_bench.methods.build import method_label
 from cl_bench.results.experiment_keys import experiment_identity, flatten
 from cl_bench.results.figures import plot_comparison
 from cl_bench.results.metrics import task_letters
-from cl_bench.results.metrics_log import METRICS_FILE, read_metrics
-from cl_bench.results.summary import SUMMARY_FILE
+from cl_bench.results.metrics_log import read_metrics
+from cl_bench.results.report_files import check_report_folder, write_report_files
+from cl_bench.results.summary_check import summary_problem
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LR_LABELS = {"0.001": "", "0.0001": "low lr"}
 WANDB_LOGGER = "cl_bench.loggers.wandb.WandbLogger"
 SPREADS = {"std": "sample std", "sem": "SEM (sample std / √n)"}
-HYDRA_DIR = ".hydra"
-RUN_MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{STATE_DIR}/{CONFIG_FILE}", f"{HYDRA_DIR}/{CONFIG_FILE}")
+RUN_MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{STATE_DIR}/{CONFIG_FILE}", f"{HYDRA_RECORD}/{CONFIG_FILE}")
 REQUIRED_KEYS = ("method._target_", "model._target_", "dataset", "seed")  # in every cl_bench run's config
 # The statuses of a job without a result, in the order a row without an ok job shows the first it has.
-NOT_OK = ("failed", "unreadable", "killed", "interrupted", "cancelled", "not_run", "running")
-STATUSES = ("ok", *NOT_OK)
 LISTED = ("failed", "unreadable", "killed", "interrupted", "cancelled", "not_run")  # the jobs named under the table
 JOB_COLUMNS = ["Technique", "job", "status", "seed", "overrides", "error"]
 # What reading a saved file may raise: the file, its encoding, its YAML / JSON, OmegaConf's grammar.
 READ_ERRORS = (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException)
+MAX_SUMMARY_BYTES = 10_000_000  # a summary is a few kilobytes
 
 
 @dataclass(frozen=True)
@@ -127,17 +138,17 @@ def find_run_dirs(roots: list[Path]) -> list[Path]:
 def saved_config_dir(run_dir: Path) -> Path:
     """Where the run's config, hydra.yaml and overrides.yaml are: .cl_bench/ (the config the run
     started with) when it holds a config, else Hydra's .hydra/ (run folders of earlier versions)."""
-    return state_dir(run_dir) if saved_config_path(run_dir).exists() else run_dir / HYDRA_DIR
+    return state_dir(run_dir) if saved_config_path(run_dir).exists() else run_dir / HYDRA_RECORD
 
 
-def read_config(path: Path) -> DictConfig:
-    """A saved run config; ValueError unless it is a whole one (it ends as a written YAML file ends, with
-    a newline, and holds the keys every run's config has)."""
-    if not path.read_bytes().endswith(b"\n"):
+def read_config(path: Path, config_dirs: list[Path] | None = None,
+                trusted: frozenset[tuple[str, str]] = frozenset()) -> DictConfig:
+    """A saved run config, read as data (engine.saved_config; `config_dirs` and `trusted` as there); ValueError
+    unless it is a whole one (it ends as a written YAML file ends, with a newline, and holds the keys every
+    run's config has)."""
+    config = read_saved_config(path, config_dirs, trusted).config
+    if not read_data(path, MAX_CONFIG_BYTES).endswith(b"\n"):
         raise ValueError("truncated (it does not end with a newline)")
-    config = OmegaConf.load(path)
-    if not isinstance(config, DictConfig):
-        raise ValueError("not a mapping of config keys")
     tree = OmegaConf.to_container(config, resolve=False)
     missing = [key for key in REQUIRED_KEYS if _lookup(tree, key) is None]
     if missing:
@@ -145,74 +156,77 @@ def read_config(path: Path) -> DictConfig:
     return config
 
 
-def read_summary(path: Path) -> dict | None:
-    """The job's summary: None while none is written; status "unreadable" (with a warning) when it
-    cannot be read or is not a cl_bench summary."""
-    if not path.exists():
+def unreadable(path: Path, reason: str) -> dict:
+    """The summary of a job whose summary.json cannot be used, and a warning saying why."""
+    log.warning("%s cannot be read (%s): its job is counted as unreadable", path, reason)
+    return {"status": "unreadable", "error": f"{path.name}: {reason}"}
+
+
+def read_summary(path: Path, config: DictConfig) -> dict | None:
+    """The job's summary: None while none is written; status "unreadable" (with a warning) when it cannot be
+    read, is not a cl_bench summary, or holds what the report cannot use (results.summary_check)."""
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads(read_data(path, MAX_SUMMARY_BYTES))
         status = summary.get("status") if isinstance(summary, dict) else None
         if status not in STATUSES:
             raise ValueError(f"not a cl_bench job summary (status {status!r})")
     except READ_ERRORS as error:
-        log.warning("%s cannot be read (%s): its job is counted as unreadable", path, one_line(error))
-        return {"status": "unreadable", "error": f"{path.name}: {one_line(error)}"}
-    return summary
+        return unreadable(path, one_line(error))
+    problem = summary_problem(summary, config)
+    return summary if problem is None else unreadable(path, problem)
+
+
+def _hydra_record(path: Path, what: str) -> Any:
+    """A saved Hydra file (hydra.yaml, overrides.yaml), read as data; None when it is missing or (with a warning
+    saying `what` follows) unreadable."""
+    if not path.exists():
+        return None
+    try:
+        return load_yaml_data(path)
+    except READ_ERRORS as error:
+        log.warning("%s cannot be read (%s): %s", path, one_line(error), what)
+        return None
 
 
 def _choices(path: Path) -> dict[str, Any]:
-    """The config group choices (`model: mlp400`) of a saved hydra.yaml; none when it is missing or
-    (with a warning) unreadable."""
-    if not path.exists():
-        return {}
-    try:
-        hydra = OmegaConf.load(path)
-        choices = OmegaConf.select(hydra, "hydra.runtime.choices") if isinstance(hydra, DictConfig) else None
-    except READ_ERRORS as error:
-        log.warning("%s cannot be read (%s): its run's row is labelled without its config group choices",
-                    path, one_line(error))
-        return {}
+    """The config group choices (`model: mlp400`) of a saved hydra.yaml; none when it is missing or unreadable."""
+    hydra = _hydra_record(path, "its run's row is labelled without its config group choices")
+    choices = OmegaConf.select(hydra, "hydra.runtime.choices") if isinstance(hydra, DictConfig) else None
     return OmegaConf.to_container(choices, resolve=False) if isinstance(choices, DictConfig) else {}
 
 
 def _overrides(path: Path) -> str | None:
-    """The job's command-line overrides as typed (`method=kd lr=0.01`); None when missing or (with a
-    warning) unreadable."""
-    if not path.exists():
-        return None
-    try:
-        overrides = OmegaConf.load(path)
-    except READ_ERRORS as error:
-        log.warning("%s cannot be read (%s): its job's overrides are shown as unknown", path, one_line(error))
-        return None
+    """The job's command-line overrides as typed (`method=kd lr=0.01`); None when missing or unreadable."""
+    overrides = _hydra_record(path, "its job's overrides are shown as unknown")
     return " ".join(map(str, overrides)) if isinstance(overrides, ListConfig) else None
 
 
-def read_run(run_dir: Path, config_dirs: list[Path] | None = None, trusted: frozenset[str] = frozenset()) -> Run | None:
+def read_run(run_dir: Path, config_dirs: list[Path] | None = None,
+             trusted: frozenset[tuple[str, str]] = frozenset()) -> Run | None:
     """The run in `run_dir`, or None (with a warning naming what was not read) when it has no run's
-    config, an unreadable one, or one whose targets are not allowed (checked before anything of it is
-    imported; `config_dirs` and `trusted` as check_targets')."""
+    config, an unreadable one, or one that is not safe to read (engine.saved_config: checked before anything
+    of it is resolved or imported; `config_dirs` and `trusted` as there)."""
     saved = saved_config_dir(run_dir)
     config_path = saved / CONFIG_FILE
     if not config_path.exists():
         log.warning("left out of the report: %s has no config (%s/%s or %s/%s)", run_dir, STATE_DIR, CONFIG_FILE,
-                    HYDRA_DIR, CONFIG_FILE)
+                    HYDRA_RECORD, CONFIG_FILE)
         return None
-    if saved.name == HYDRA_DIR and not any((run_dir / name).exists() for name in (SUMMARY_FILE, METRICS_FILE)):
+    if saved.name == HYDRA_RECORD and not any((run_dir / name).exists() for name in (SUMMARY_FILE, METRICS_FILE)):
         log.warning("left out of the report: %s has only Hydra's %s/ (no %s/%s, %s or %s): no run started there",
-                    run_dir, HYDRA_DIR, STATE_DIR, CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)
+                    run_dir, HYDRA_RECORD, STATE_DIR, CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)
         return None
     try:
-        config = read_config(config_path)
-        check_targets(config, source=str(config_path), config_dirs=config_dirs, trusted=trusted)
-    except UnsafeTarget as error:
+        config = read_config(config_path, config_dirs, trusted)
+    except UnsafeConfig as error:
         log.warning("left out of the report: %s: %s", run_dir, one_line(error))
         return None
     except READ_ERRORS as error:
         log.warning("left out of the report: %s cannot be read: %s", config_path, one_line(error))
         return None
-    summary = read_summary(run_dir / SUMMARY_FILE)
+    summary = read_summary(run_dir / SUMMARY_FILE, config)
     if summary is None and is_running(run_dir) is False:
         summary = {"status": "killed", "error": "its process ended without a summary (killed, out of memory or a "
                                                 f"full disk); continue with: cl-bench resume={run_dir}"}
@@ -585,13 +599,22 @@ def run_records(runs: list[Run], settings: Settings) -> list[dict[str, Any]]:
     return records
 
 
-def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,
-                 select: tuple[str, ...] = (), config_dirs: list[Path] | None = None,
-                 trusted: frozenset[str] = frozenset()) -> str:
-    """Read the runs under `roots`, write report.md, report.csv, jobs.csv and comparison.png to `out_dir`.
-    `metric`, `spread` and `select` as `cl-bench-report`'s flags (None: the runs' `report:` config);
-    `config_dirs`: config folders whose targets the runs' configs may name; `trusted`: more targets
-    they may name (the sweep's own config's; both as check_targets')."""
+@dataclass
+class Report:
+    """A report made: its Markdown text, the table and job list it shows, the runs' records, and how many
+    jobs ended in each status (a run folder left out of the report, its config unreadable, as "unreadable")."""
+
+    text: str
+    table: pd.DataFrame
+    jobs: pd.DataFrame
+    runs: pd.DataFrame
+    statuses: Counter
+
+
+def make_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,
+                select: tuple[str, ...] = (), config_dirs: list[Path] | None = None,
+                trusted: frozenset[tuple[str, str]] = frozenset()) -> Report:
+    """Read the runs under `roots` and make their report (as `write_report`'s, without writing it)."""
     run_dirs = find_run_dirs(roots)
     where = ", ".join(map(str, roots))
     if not run_dirs:
@@ -607,40 +630,53 @@ def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, sp
     table = score_table(runs, settings)
     jobs = job_list(runs, table, out_dir)
     text = markdown_table(table, runs, settings) + jobs_markdown(jobs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text(text)
-    table.drop(columns=["name", "identity", "choices", "shown_params"], errors="ignore").to_csv(
-        out_dir / "report.csv", index=False
-    )
-    jobs.to_csv(out_dir / "jobs.csv", index=False)
+    statuses = Counter(runs.status)
+    if len(run_dirs) > len(records):
+        statuses["unreadable"] += len(run_dirs) - len(records)
+    return Report(text, table, jobs, runs, statuses)
+
+
+def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,
+                 select: tuple[str, ...] = (), config_dirs: list[Path] | None = None,
+                 trusted: frozenset[tuple[str, str]] = frozenset()) -> str:
+    """Read the runs under `roots`, write report.md, report.csv, jobs.csv and comparison.png to `out_dir`;
+    the report's text. `metric`, `spread` and `select` as `cl-bench-report`'s flags (None: the runs'
+    `report:` config); `config_dirs`: config folders whose targets the runs' configs may name; `trusted`:
+    more targets they may name (the sweep's own config's; both as engine.saved_config.check_targets')."""
+    return write(make_report(roots, out_dir, metric, spread, select, config_dirs, trusted), out_dir).text
+
+
+def write(report: Report, out_dir: Path) -> Report:
+    """The report's files in `out_dir` (only over the report's own files: results.report_files)."""
+    check_report_folder(out_dir)
+    table_csv = report.table.drop(columns=["name", "identity", "choices", "shown_params"], errors="ignore")
+    write_report_files(out_dir, report.text, table_csv.to_csv(index=False), report.jobs.to_csv(index=False))
     curves = {
         row.Technique: read_metrics(Path(row.best_run))
-        for _, row in table.iterrows()
+        for _, row in report.table.iterrows()
         if row.status == "ok" and isinstance(row.get("best_run"), str)
     }
     curves = {label: frame for label, frame in curves.items() if not frame.empty}
     if curves:
-        plot_comparison(curves, out_dir / "comparison.png")
-    return text
+        plot_comparison(curves, out_dir / COMPARISON_FIGURE)
+    return report
 
 
-def write_sweep_report(config: DictConfig) -> None:
-    """At the end of a multirun: write and print the table of its jobs (with the sweep config's
-    `report:` settings; and log it to W&B with `logger=wandb`)."""
+def write_sweep_report(config: DictConfig) -> Counter:
+    """At the end of a multirun: write and print the table of its jobs (with the sweep config's `report:`
+    settings; and log it to W&B with `logger=wandb`); how many jobs ended in each status. FileNotFoundError
+    or ValueError when there is no report to make."""
     sweep_dir = Path(config.hydra.sweep.dir)
-    try:
-        text = write_report(
-            [sweep_dir], sweep_dir,
-            metric=OmegaConf.select(config, "report.metric", default=None),
-            spread=OmegaConf.select(config, "report.spread", default=None),
-            select=tuple(OmegaConf.select(config, "report.select", default=None) or ()),
-            trusted=targets_of({**OmegaConf.to_container(config, resolve=False), "hydra": None}),
-        )
-    except (FileNotFoundError, ValueError) as error:
-        log.warning("no report: %s", error)
-        return
-    print(f"\nResults table ({sweep_dir}/report.md):\n\n{text}")
+    report = write(make_report(
+        [sweep_dir], sweep_dir,
+        metric=OmegaConf.select(config, "report.metric", default=None),
+        spread=OmegaConf.select(config, "report.spread", default=None),
+        select=tuple(OmegaConf.select(config, "report.select", default=None) or ()),
+        trusted=targets_of({**OmegaConf.to_container(config, resolve=False), "hydra": None}),
+    ), sweep_dir)
+    print(f"\nResults table ({sweep_dir / REPORT_MARKDOWN}):\n\n{report.text}")
     publish_to_wandb(config, sweep_dir)
+    return report.statuses
 
 
 def publish_to_wandb(config: DictConfig, sweep_dir: Path) -> None:

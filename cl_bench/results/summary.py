@@ -14,8 +14,6 @@ from cl_bench.results.metrics import (
     task_letters,
 )
 
-SUMMARY_FILE = "summary.json"
-
 
 def score_summary(rows: list[dict], tasks: list[Task], accuracy: str) -> dict:
     """Score of the `accuracy` kind over the evaluation rows of the last task (its step 0 included),

@@ -6,10 +6,15 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import subprocess
 import warnings
 from pathlib import Path
 
-from cl_bench.engine.run import FAILED_SCORE, objective
+import pytest
+import yaml
+
+from cl_bench.core.layout import FAILED_SCORE
+from cl_bench.engine.run import objective
 from tests.helpers.cli import cl_bench
 from tests.helpers.config import compose_config
 
@@ -70,7 +75,7 @@ def test_optuna_search_scores_a_nan_trial_as_worst_and_resumes_its_study(tmp_pat
     search = ["hydra/sweeper=optuna_score", "lr=choice(0.001,1e30)"]  # at lr 1e30 the loss becomes NaN
     done = cl_bench(tmp_path, *search, "hydra/sweeper/sampler=grid", multirun=True)
     assert done.returncode == 0, done.stderr
-    database = tmp_path / "out" / "optuna" / "baseline.db"
+    (database,) = (tmp_path / "out" / "optuna").glob("baseline-*.db")  # the method's, and the search's hash
     first = trials(database)
     assert [state for state, _ in first] == ["COMPLETE", "COMPLETE"]
     worst, best = sorted(value for _, value in first)
@@ -91,3 +96,41 @@ def test_the_value_returned_to_a_sweeper_is_always_finite():
     assert objective({"status": "ok", "score": 0.7}) == 0.7
     for summary in ({"status": "ok", "score": math.nan}, {"status": "ok", "score": None}, {"status": "failed"}):
         assert objective(summary) == FAILED_SCORE == 0.0
+
+
+def search(tmp_path: Path, name: str, *overrides: str) -> subprocess.CompletedProcess:
+    """A two-trial grid search over lr into `<tmp_path>/<name>` (its own sweep folder), outputs in `tmp_path/out`."""
+    return cl_bench(tmp_path, "hydra/sweeper=optuna_score", "hydra/sweeper/sampler=grid", "lr=choice(0.001,0.01)",
+                    f"hydra.sweep.dir={tmp_path / name}", *overrides, multirun=True)
+
+
+def best_value(sweep: Path) -> float:
+    return float(yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"])
+
+
+def own_best(sweep: Path) -> float:
+    return max(json.loads(p.read_text())["score"] for p in sweep.glob("*/summary.json"))
+
+
+def test_two_searches_of_different_experiments_each_report_their_own_best(tmp_path):
+    """Issue 24, finding 2: the study was named after the method alone, so `method=ewc` searched alone and then
+    with `plus=[replay]` shared one study, and the second reported the first's best value and λ as its own."""
+    runs = {"alone": (), "replay": ("plus=[replay]",), "mlp400": ("model=mlp400",)}
+    for name, overrides in runs.items():
+        done = search(tmp_path, name, "method=ewc", *overrides)
+        assert done.returncode == 0, done.stderr
+    studies = sorted((tmp_path / "out" / "optuna").glob("*.db"))
+    assert len(studies) == 3 and {p.name.split("-")[0] for p in studies} == {"ewc", "ewc+replay"}
+    for name in runs:
+        assert best_value(tmp_path / name) == pytest.approx(own_best(tmp_path / name))
+        assert len(list((tmp_path / name).glob("*/summary.json"))) == 2
+    assert len({own_best(tmp_path / name) for name in runs}) == 3
+
+
+def test_a_study_named_for_another_experiment_is_refused_naming_the_difference(tmp_path):
+    assert search(tmp_path, "first", "method=ewc", "hydra.sweeper.study_name=mine").returncode == 0
+    done = search(tmp_path, "second", "method=ewc", "plus=[replay]", "hydra.sweeper.study_name=mine")
+    assert done.returncode != 0 and "the study is the search of another experiment" in done.stderr
+    assert "plus.replay" in done.stderr and not (tmp_path / "second" / "0").exists()
+    again = search(tmp_path, "again", "method=ewc", "hydra.sweeper.study_name=mine", "hydra.sweeper.n_trials=1")
+    assert again.returncode == 0, again.stderr  # the same search continues its study

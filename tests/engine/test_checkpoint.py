@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cl_bench.engine.checkpoint import TRAILER_SIZE, CorruptState, load_checkpoint, save_checkpoint, write_json
+from cl_bench.core.files import write_json
+from cl_bench.engine.checkpoint import TRAILER_SIZE, CorruptState, load_checkpoint, save_checkpoint
 from cl_bench.engine.run import load_initial_weights
 from cl_bench.engine.trainer import STATE_FORMAT, IncompatibleState
 from cl_bench.results.figure_worker import CurveFigure
@@ -178,7 +179,7 @@ def kill_in_step(step):
 
 
 def kill_in_write(step):
-    atomic_write = cl_bench.engine.checkpoint._atomic_write
+    atomic_write = cl_bench.engine.checkpoint.write_atomically
 
     def half_written(path, write):
         if not path.name.startswith(f"ckpt-{step:09d}-"):
@@ -193,7 +194,7 @@ def kill_in_write(step):
 
         atomic_write(path, write_half)
 
-    cl_bench.engine.checkpoint._atomic_write = half_written
+    cl_bench.engine.checkpoint.write_atomically = half_written
 
 
 overrides, kills = json.loads(sys.argv[1]), json.loads(sys.argv[2])

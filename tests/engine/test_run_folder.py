@@ -171,7 +171,7 @@ def test_ctrl_c_stops_the_sweep_and_the_report_lists_the_jobs_not_run(tmp_path):
     done = cl_bench(tmp_path, *SMALL, "method=baseline,lowlr,ewc", f"hydra.sweep.dir={sweep}",
                     "logger._target_=tests.helpers.SignalAtRow", "+logger.row=3", f"+logger.signum={signal.SIGINT}",
                     multirun=True)
-    assert done.returncode != 0 and "(2 not run, 1 interrupted)" in done.stderr
+    assert done.returncode != 0 and "(1 interrupted, 2 not run)" in done.stderr
     statuses = {name: s["status"] for name, s in summaries(sweep).items()}
     assert statuses == {"0": "interrupted", "1": "not_run", "2": "not_run"}
     assert list((sweep / "0" / "checkpoints").glob("ckpt-*.pt"))  # the current job checkpointed

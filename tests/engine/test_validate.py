@@ -10,7 +10,8 @@ from cl_bench.data.sequences import build_task_sequence
 from cl_bench.engine.run import run_experiment
 from cl_bench.engine.validate import check_against_tasks, validate_config
 from cl_bench.errors import ConfigError
-from cl_bench.methods.build import RUN_KEYS, build_method
+from cl_bench.methods.build import build_method
+from cl_bench.results.experiment_keys import RUN_KEYS
 from tests.helpers.config import TINY
 
 # The reproduced findings of issue 13, each with the start of the message that must name its key.

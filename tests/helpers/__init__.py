@@ -11,6 +11,6 @@
 tests/conftest.py holds the fixtures built on these.
 """
 
-from tests.helpers.plugins import NaNAtStep, SignalAtRow
+from tests.helpers.plugins import NaNAtStep, SignalAtRow, TermNamed
 
-__all__ = ["NaNAtStep", "SignalAtRow"]
+__all__ = ["NaNAtStep", "SignalAtRow", "TermNamed"]

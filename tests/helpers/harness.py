@@ -9,7 +9,7 @@ import torch
 
 from cl_bench.data.task import Task, TensorSplit
 from cl_bench.engine.scenario import Scenario
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
 
@@ -54,11 +54,14 @@ def seeded_mlp(
 
 def train_context(
     model: torch.nn.Module, tasks: list[Task], scenario: Scenario, task_idx: int,
-    generator: torch.Generator | None = None, batch_size: int = 8,
+    generator: torch.Generator | None = None, batch_size: int = 8, data: TrainData | None = None,
 ) -> TrainContext:
-    """What a method sees during task `task_idx`: the CPU, and a new generator seeded 0 unless given."""
+    """What a method sees during task `task_idx`'s main steps: the CPU, a new generator seeded 0 unless given,
+    and the data its batches are drawn from (the task's training split unless given)."""
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    return TrainContext(model, tasks, scenario, task_idx, torch.device("cpu"), generator, batch_size)
+    ctx = TrainContext(model, tasks, scenario, task_idx, torch.device("cpu"), generator, batch_size)
+    ctx.data = data if data is not None else Method().train_data(ctx)
+    return ctx
 
 
 def start_task(

@@ -37,3 +37,13 @@ class NaNAtStep(Baseline):
     def loss_terms(self, ctx, batch, logits) -> dict[str, torch.Tensor]:
         self.calls += 1
         return {"poison": logits.new_tensor(float("nan") if self.calls >= self.step else 0.0)}
+
+
+class TermNamed(Baseline):
+    """The baseline, adding a zero loss term named `name`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def loss_terms(self, ctx, batch, logits) -> dict[str, torch.Tensor]:
+        return {self.name: logits.sum() * 0}

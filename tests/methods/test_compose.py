@@ -143,6 +143,6 @@ def test_a_combined_run_logs_each_parts_terms_and_names_the_row(tmp_path):
     summary, run_dir = tiny_run(tmp_path, "method=kd", "plus=[replay]", "plus.replay.memory_size=100")
     assert summary["status"] == "ok", summary.get("error")
     assert summary["method"] == "KD + Replay"
-    assert summary["plus_params"]["replay"]["memory_size"] == 100
+    assert summary["method_params"]["plus.replay"]["memory_size"] == 100
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"loss/task", "loss/kd", "loss/replay"} <= set(header)

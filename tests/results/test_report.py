@@ -368,11 +368,13 @@ def test_a_target_of_the_users_own_config_folder_is_allowed_when_given(sweep, tm
     (tmp_path / "conf" / "method" / "mine.yaml").write_text("_target_: my_lab.methods.Mine\nlabel: Mine\n")
     job = sweep.add("seed=0")
     edit_config(job / ".hydra" / "config.yaml", "method", {"_target_": "my_lab.methods.Mine", "label": "Mine"})
+    summary = json.loads((job / "summary.json").read_text())
+    (job / "summary.json").write_text(json.dumps({**summary, "method": "Mine"}))
     with pytest.raises(SystemExit):
         report_main([str(sweep.root)])
     assert "no readable cl_bench runs" in capsys.readouterr().err and "--config-dir" in warnings_of(caplog)[0]
     report_main([str(sweep.root), "--config-dir", str(tmp_path / "conf")])
-    assert "| Baseline | 50.0% |" in capsys.readouterr().out
+    assert "| Mine | 50.0% |" in capsys.readouterr().out
     assert "my_lab.methods.Mine cannot be imported (ModuleNotFoundError" in warnings_of(caplog)[-1]
 
 
