@@ -44,7 +44,7 @@ def loader_rate(root: Path, image_size: int, workers: int, batch_size: int, **op
 
 
 def cache_build_rate(root: Path, image_size: int, workers: int, cache_dir: Path) -> float:
-    """Images/s of building the decoded cache (listing and header checks included)."""
+    """Images/s of building the decoded cache (listing and the first check of every file included)."""
     started = time.perf_counter()
     (task,) = image_folder_tasks("bench", str(root), image_size=image_size, workers=workers,
                                  decoded_cache=True, cache_dir=str(cache_dir))

@@ -1,5 +1,5 @@
 """Image folders: listing root/<folder>/<image>, classes from folder names by a pattern, curation by
-class size, a header check of every file, and a seeded stratified train/val/test split."""
+class size (of the files a check finds readable), and a seeded stratified train/val/test split."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 LAYOUT = "root/<class folder>/<image>, e.g. root/honda_civic_2004/0001.jpg"
+LISTED_ERRORS = 5  # unreadable files named in a message
 
 
 def list_folders(root: Path) -> dict[str, list[str]]:
@@ -66,23 +66,6 @@ def curate(counts: dict[str, int], top_k: int | None, min_images: int) -> tuple[
     return sorted(kept), {c: counts[c] for c in ranked if c not in kept}
 
 
-def header_error(path: str) -> str | None:
-    """None when PIL identifies the file and `verify()` passes (header parse; full CRC check for
-    PNG), else the error."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad files
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
-def header_errors(paths: list[str]) -> dict[str, str]:
-    """The paths that fail `header_error`, with their errors (about 35 us a JPEG when cached by the OS)."""
-    errors = {path: header_error(path) for path in paths}
-    return {path: error for path, error in errors.items() if error is not None}
-
-
 def split_counts(n: int, val: float, test: float) -> tuple[int, int]:
     """(n_val, n_test) of a class of n: rounded fractions, at least one each when the class has
     room for train, val and test, train never emptied."""
@@ -112,9 +95,11 @@ def judge(errors: Mapping[str, str], on_corrupt: str) -> None:
     """Log unreadable files, or raise when `on_corrupt` is "error"."""
     if not errors:
         return
-    listing = "; ".join(f"{path}: {error}" for path, error in list(errors.items())[:5])
+    listing = "; ".join(f"{path}: {error}" for path, error in list(errors.items())[:LISTED_ERRORS])
+    more = f" and {len(errors) - LISTED_ERRORS} more" if len(errors) > LISTED_ERRORS else ""
     if on_corrupt == "error":
-        raise OSError(f"{len(errors)} unreadable image(s) (on_corrupt=error): {listing}")
+        raise OSError(f"{len(errors)} unreadable image(s) (on_corrupt=error): {listing}{more}; remove or replace "
+                      f"them, or set on_corrupt=skip to train without them")
     log.warning("skipped %d unreadable image(s), e.g. %s", len(errors), listing)
 
 
@@ -131,15 +116,17 @@ class Curated:
 
 
 def curated_images(
-    root: Path, class_pattern: str, class_group: str, top_k: int | None, min_images: int, on_corrupt: str
+    root: Path, class_pattern: str, class_group: str, top_k: int | None, min_images: int, on_corrupt: str,
+    unreadable_of: Callable[[list[str]], dict[str, str]],
 ) -> Curated:
-    """List, group and header-check the images under `root`, then keep the classes `curate` keeps."""
+    """List and group the images under `root`, find the unreadable ones with `unreadable_of` (paths -> their
+    errors), judge them by `on_corrupt`, then keep the classes `curate` keeps of the readable ones."""
     folders = list_folders(root)
     groups, unmatched = group_folders(list(folders), class_pattern, class_group)
     if unmatched:
         log.warning("%s: %d folder(s) match no class pattern, ignored: %s", root, len(unmatched), unmatched[:10])
     listed = {c: sorted(p for f in fs for p in folders[f]) for c, fs in groups.items()}
-    unreadable = header_errors([p for paths in listed.values() for p in paths])
+    unreadable = unreadable_of([p for paths in listed.values() for p in paths])
     judge(unreadable, on_corrupt)
     readable = {c: [p for p in paths if p not in unreadable] for c, paths in listed.items()}
     classes, dropped = curate({c: len(paths) for c, paths in readable.items()}, top_k, min_images)

@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from cl_bench.data.decoded_cache import DecodedImages, decoded_images, fingerprint
+from cl_bench.data.image_check import unreadable_images
 from cl_bench.data.image_curation import Curated, curated_images, judge, stratified_split
 from cl_bench.data.task import Task
 
@@ -35,17 +36,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def decode_image(path: str, draft: int) -> Image.Image:
+    """One file as an RGB image: JPEGs decoded at the smallest DCT scale keeping both sides >= `draft`. The
+    loader's decoding, and the check of every file before training (image_check)."""
+    with Image.open(path) as image:
+        image.draft("RGB", (draft, draft))
+        return to_rgb(image)
+
+
 def read_image(path: str, transform: Callable[[Image.Image], Image.Image], draft: int) -> Tensor:
-    """One file as uint8 [3, H, W]: JPEGs decoded at the smallest DCT scale keeping both sides >=
-    `draft`, converted to RGB, then `transform`ed."""
+    """One file as uint8 [3, H, W]: `decode_image`, then `transform`ed."""
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (draft, draft))
-            rgb = to_rgb(image)
-        return pil_to_tensor(transform(rgb))
+        return pil_to_tensor(transform(decode_image(path, draft)))
     except Exception as error:  # PIL's decode errors take many types; re-raised naming the file
-        raise OSError(f"cannot decode {path}: {type(error).__name__}: {error} (remove the file, or set "
-                      f"decoded_cache=true, which decodes every file up front and skips bad ones)") from error
+        raise OSError(f"cannot decode {path}: {type(error).__name__}: {error} (it passed the check of every file "
+                      f"before training, so it changed since: restore it, or remove it and run again)") from error
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,10 @@ class ImageSpec:
 
     def reader(self, augment: bool) -> Callable[[str], Tensor]:
         return partial(read_image, transform=self.transform(augment), draft=self.resize)
+
+    def decoder(self) -> Callable[[str], Image.Image]:
+        """`decode_image` at this spec's draft size: what `reader` decodes before its transform."""
+        return partial(decode_image, draft=self.resize)
 
 
 def crop_boxes(n: int, size: int, scale: tuple[float, float]) -> Tensor:
@@ -204,6 +213,11 @@ def _with_cache(curated: Curated, parts: dict[str, Tensor], spec: ImageSpec, cac
     return cached, {k: rows[~torch.isin(rows, failed_rows)] for k, rows in parts.items()}
 
 
+def _counting(value: object) -> bool:
+    """Whether `value` is a whole number >= 1 (a bool is not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def image_folder_tasks(
     name: str,
     root: str,
@@ -227,13 +241,20 @@ def image_folder_tasks(
     with >= `min_images`, split per class (`split`: val and test fractions)."""
     if on_corrupt not in ("skip", "error"):
         raise ValueError(f"dataset.{name}.on_corrupt={on_corrupt!r}: must be 'skip' or 'error'")
+    if not _counting(min_images):
+        raise ValueError(f"dataset.{name}.min_images={min_images!r}: must be a whole number >= 1 (a class needs "
+                         f"images)")
+    if top_k is not None and not _counting(top_k):
+        raise ValueError(f"dataset.{name}.top_k={top_k!r}: must be a whole number >= 1, or null for every class")
     if decoded_cache and not cache_dir:
         raise ValueError(f"dataset.{name}.decoded_cache=true needs a cache_dir")
     fractions = {"val": 0.1, "test": 0.1, **(split or {})}
     root_path = Path(root).expanduser()
-    curated = curated_images(root_path, class_pattern, class_group, top_k, min_images, on_corrupt)
-    parts = stratified_split(curated.labels, curated.classes, fractions["val"], fractions["test"], split_seed)
     spec = ImageSpec(image_size, resize or image_size, tuple(crop_scale), workers)
+    unreadable_of = partial(unreadable_images, root=root_path, decode=spec.decoder(), settings=(spec.resize,),
+                            workers=workers, cache_dir=cache_dir)
+    curated = curated_images(root_path, class_pattern, class_group, top_k, min_images, on_corrupt, unreadable_of)
+    parts = stratified_split(curated.labels, curated.classes, fractions["val"], fractions["test"], split_seed)
     info: dict = {}
     cache = None
     if decoded_cache:

@@ -16,6 +16,7 @@ from cl_bench.data.task import Task, TensorSplit
 from cl_bench.errors import ConfigError
 
 ORDERS = ("fixed", "random")
+SPLITS = ("train", "val", "test")
 
 
 def check_order(key: str, order: str) -> None:
@@ -48,6 +49,14 @@ def _train_val(x: Tensor, y: Tensor, val_fraction: float, split_seed: int) -> tu
     return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
 
 
+def check_test_labels(source: LabelledImages, name: str) -> None:
+    """Every test label of `source` is one of its training labels (`dataset.<name>` its config)."""
+    unknown = sorted(set(source.test_y.unique().tolist()) - set(source.classes))
+    if unknown:
+        raise ValueError(f"dataset.{name}: {source.name}'s test labels {unknown} are not among its training labels "
+                         f"{source.classes}: give a source whose test classes are its training classes")
+
+
 def split_tasks(
     source: LabelledImages,
     splits: list[list[int]],
@@ -71,6 +80,7 @@ def split_tasks(
                 f"{sorted(classes)} (unknown: {unknown}, repeated: {sorted(set(repeated))})"
             )
         seen.update(group)
+    check_test_labels(source, name)
     splits = ordered_splits(splits, class_order, order_seed, name)
     train, val = _train_val(source.train_x, source.train_y, val_fraction, split_seed)
     tasks = []
@@ -133,6 +143,11 @@ def permuted_tasks(
     """`n_tasks` tasks of every class, each with its own fixed pixel permutation (Sörberg's permuted MNIST)."""
     if n_tasks < 1:
         raise ValueError(f"dataset.{name}.n_tasks={n_tasks}: must be at least 1")
+    check_test_labels(source, name)
+    if source.classes != list(range(len(source.classes))):
+        raise ValueError(f"dataset.{name}: permuted tasks train on the source's labels as they are, so they must "
+                         f"be 0..n-1; {source.name}'s training labels are {source.classes}: give a source whose "
+                         f"training part holds every class")
     train, val = _train_val(source.train_x, source.train_y, val_fraction, split_seed)
     test = TensorSplit(source.test_x, source.test_y)
     shape = tuple(source.train_x.shape[1:])
@@ -151,6 +166,17 @@ def permuted_tasks(
     return tasks
 
 
+def check_splits(task: Task) -> None:
+    """`task` has examples in each of its train, val and test splits (the trainer evaluates every one)."""
+    sizes = {split: len(getattr(task, split)) for split in SPLITS}
+    empty = [split for split, size in sizes.items() if size == 0]
+    if empty:
+        raise ValueError(f"task {task.name}: no {' and no '.join(empty)} examples (split sizes {sizes}): every "
+                         f"task needs examples in each split; check its files and its dataset's split settings "
+                         f"(image folders: with min_images=3 and both split fractions > 0 every class has a val "
+                         f"and a test image)")
+
+
 def build_task_sequence(datasets: DictConfig, task_order: str = "fixed", seed: int = 0) -> list[Task]:
     """The tasks of every selected dataset config, in the order they were selected (`fixed`) or
     shuffled by `seed` (`random`)."""
@@ -161,4 +187,6 @@ def build_task_sequence(datasets: DictConfig, task_order: str = "fixed", seed: i
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
+    for task in tasks:
+        check_splits(task)
     return [tasks[i] for i in ordering(len(tasks), task_order, seed, "task_order")]

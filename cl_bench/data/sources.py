@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,10 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+MNIST_IMAGE_SHAPE = (28, 28)
+MNIST_CLASSES = 10
+REFETCH_MNIST = ("fetch MNIST again (dataset.<name>.source.download=true on a machine with internet, or copy "
+                 "MNIST's original files into the folder)")
 
 
 @dataclass
@@ -40,13 +46,23 @@ def missing_mnist_files(raw: Path) -> list[str]:
 
 
 def read_idx(path: Path) -> Tensor:
-    """An IDX file of unsigned bytes (MNIST's format), plain or gzip-compressed, as a uint8 tensor."""
-    data = path.read_bytes() if path.exists() else gzip.decompress(Path(f"{path}.gz").read_bytes())
+    """An IDX file of unsigned bytes (MNIST's format) as a uint8 tensor of its header's shape, gzip-decompressed
+    when its name ends in .gz. A file that is not one, or whose data is longer or shorter than its header's
+    shape, raises a ValueError naming it."""
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise ValueError(f"{path}: not an IDX file of unsigned bytes (bad header {data[:4]!r})")
-    ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=4 + 4 * ndim).view(*shape)
+    start = 4 + 4 * data[3]
+    if len(data) < start:
+        raise ValueError(f"{path}: cut within its IDX header ({len(data)} bytes)")
+    shape = struct.unpack(f">{data[3]}I", data[4:start])
+    if len(data) - start != math.prod(shape):
+        raise ValueError(f"{path}: {len(data) - start} bytes of data where its header's shape {list(shape)} "
+                         f"needs {math.prod(shape)} (the file is cut or padded)")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=start).view(*shape)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -60,7 +76,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def mnist(root: str, download: bool = False) -> LabelledImages:
     """MNIST from torchvision's layout, `root/MNIST/raw` (fetched by torchvision first if `download`
-    and possible); the IDX files are read directly, without importing torchvision."""
+    and possible); the IDX files are read directly, without importing torchvision, and checked
+    (`mnist_pair`) before any training."""
     raw = Path(root).expanduser() / "MNIST" / "raw"
     if missing_mnist_files(raw) and download:
         from torchvision.datasets import MNIST
@@ -77,8 +94,39 @@ def mnist(root: str, download: bool = False) -> LabelledImages:
             f"there (torchvision's layout: <data_dir>/MNIST/raw/), set data_dir=<folder holding MNIST/>, "
             f"or pass dataset.<name>.source.download=true on a machine with internet."
         )
-    train_x, train_y, test_x, test_y = (read_idx(raw / name) for name in MNIST_FILES)
+    train_x, train_y = mnist_pair(*(mnist_file(raw, name) for name in MNIST_FILES[:2]))
+    test_x, test_y = mnist_pair(*(mnist_file(raw, name) for name in MNIST_FILES[2:]))
     return LabelledImages("mnist", _unit_floats(train_x), train_y.long(), _unit_floats(test_x), test_y.long())
+
+
+def mnist_file(raw: Path, name: str) -> Path:
+    """The file of MNIST_FILES' `name` in `raw`: plain, or else .gz."""
+    return raw / name if (raw / name).exists() else raw / f"{name}.gz"
+
+
+def mnist_pair(images_file: Path, labels_file: Path) -> tuple[Tensor, Tensor]:
+    """MNIST's images [N, 28, 28] and labels [N] (0-9) from an IDX pair; any other content raises a
+    ValueError naming the file and what to do."""
+    try:
+        images, labels = read_idx(images_file), read_idx(labels_file)
+    except ValueError as error:
+        raise ValueError(f"{error}: delete it and {REFETCH_MNIST}") from None
+    expected = ", ".join(map(str, MNIST_IMAGE_SHAPE))
+    if images.dim() != 3 or tuple(images.shape[1:]) != MNIST_IMAGE_SHAPE:
+        raise ValueError(f"{images_file}: images of shape {list(images.shape)}, expected [N, {expected}]: "
+                         f"delete it and {REFETCH_MNIST}")
+    if labels.dim() != 1:
+        raise ValueError(f"{labels_file}: labels of shape {list(labels.shape)}, expected [N]: "
+                         f"delete it and {REFETCH_MNIST}")
+    outside = (labels >= MNIST_CLASSES).nonzero().squeeze(1)
+    if len(outside):
+        first = int(outside[0])
+        raise ValueError(f"{labels_file}: {len(outside)} label(s) outside 0-{MNIST_CLASSES - 1}, e.g. "
+                         f"{int(labels[first])} at position {first}: delete it and {REFETCH_MNIST}")
+    if len(images) != len(labels):
+        raise ValueError(f"{images_file} holds {len(images)} images but {labels_file} {len(labels)} labels: "
+                         f"delete both and {REFETCH_MNIST}")
+    return images, labels
 
 
 def _unit_floats(images: Tensor) -> Tensor:

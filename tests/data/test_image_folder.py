@@ -1,8 +1,11 @@
-"""Image-folder tasks on small generated trees: grouping, curation, splits, modes, corrupt files,
-the decoded cache, DataLoader batches and the dataset configs."""
+"""Image-folder tasks on small generated trees: grouping, curation, splits, modes, corrupt files and the
+check of every file (its record, a run through a JPEG that fails to decode), the decoded cache, DataLoader
+batches and the dataset configs."""
 
 from __future__ import annotations
 
+import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,8 +14,11 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from cl_bench.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, image_folder_tasks
-from tests.helpers.data import make_tree, picture
+from cl_bench.data import image_check
+from cl_bench.data.image_check import header_error
+from cl_bench.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageSpec, image_folder_tasks
+from tests.helpers.data import flip_scan_bytes, make_tree, picture, save_coloured_picture
+from tests.helpers.runs import COMPARED, tiny_run
 
 VMMR = {"class_pattern": r"(?P<make>[^_]+)_(?P<model>.+)_(?P<year>\d{4})", "class_group": "{make}_{model}"}
 
@@ -69,6 +75,17 @@ def test_curation_keeps_largest_and_lists_dropped(tmp_path):
     assert sum(both.info["split_sizes"].values()) == 9
     with pytest.raises(ValueError, match="no class"):
         load(root, min_images=6)
+
+
+def test_empty_class_folder_dropped_and_counts_below_one_refused(tmp_path):
+    """With min_images=0 an empty folder used to become a class without images (an output unit never trained)."""
+    root = make_tree(tmp_path / "e", {"a": 3, "b": 3})
+    (root / "empty").mkdir()
+    task = load(root)
+    assert task.class_names == ["a", "b"] and task.info["dropped_classes"] == {"empty": 0}
+    for key, value in (("min_images", 0), ("min_images", None), ("top_k", 0), ("top_k", True)):
+        with pytest.raises(ValueError, match=re.escape(f"dataset.t.{key}={value!r}: must be a whole number >= 1")):
+            load(root, **{key: value})
 
 
 def test_split_is_stratified_deterministic_and_disjoint(tmp_path):
@@ -128,6 +145,77 @@ def test_truncated_jpeg_caught_by_the_decoded_cache(tmp_path):
     assert [Path(p).name for p in task.info["skipped_files"]] == ["full.jpg"]
     assert sum(task.info["split_sizes"].values()) == 6
     assert not any(p.endswith("full.jpg") for s in (task.train, task.val, task.test) for p in s.paths)
+
+
+def flipped_jpeg(path: Path) -> Path:
+    """A JPEG at `path` whose header passes PIL's verify and whose decoding fails (checked here)."""
+    save_coloured_picture(path, (200, 30, 30), seed=99)
+    flip_scan_bytes(path)
+    assert header_error(str(path)) is None
+    with pytest.raises(OSError, match="cannot decode"):
+        ImageSpec(16, 16, (0.08, 1.0), 0).reader(False)(str(path))
+    return path
+
+
+def test_jpeg_that_fails_to_decode_skipped_at_curation_or_an_error(tmp_path):
+    root = make_tree(tmp_path / "f", {"a": 4, "b": 4}, suffix=".jpg")
+    flipped = flipped_jpeg(root / "a" / "flipped.jpg")
+    task = load(root)
+    assert task.info["skipped"] == 1 and task.info["skipped_files"] == [str(flipped)]
+    assert task.info["class_counts"] == {"a": 4, "b": 4} and sum(task.info["split_sizes"].values()) == 8
+    for split in (task.train, task.val, task.test):  # every file left in the task decodes
+        assert len(all_eval(split)[0]) == len(split) and str(flipped) not in split.paths
+    with pytest.raises(OSError) as error:
+        load(root, on_corrupt="error")
+    assert str(error.value).startswith(f"1 unreadable image(s) (on_corrupt=error): {flipped}: OSError: broken data")
+    assert str(error.value).endswith("remove or replace them, or set on_corrupt=skip to train without them")
+
+
+def test_run_with_on_corrupt_skip_trains_through_a_jpeg_that_fails_to_decode(tmp_path):
+    """Without the decoded cache the files are read in training: the run used to fail at the file's first decode."""
+    for k, colour in enumerate(((20, 20, 20), (200, 30, 30), (235, 235, 235))):
+        for i in range(6):
+            save_coloured_picture(tmp_path / "data" / "car_color" / f"c{k}" / f"{i:03d}.jpg", colour, seed=10 * k + i)
+    flipped = flipped_jpeg(tmp_path / "data" / "car_color" / "c1" / "flipped.jpg")
+    small = ("dataset=[car_color]", "dataset.car_color.image_size=16", "dataset.car_color.workers=0", "batch_size=8",
+             "first_task.cache=false")
+    summary, run_dir = tiny_run(tmp_path, *small)
+    assert summary["status"] == "ok", summary.get("error")
+    (task,) = json.loads((run_dir / "tasks.json").read_text())
+    assert task["skipped_files"] == [str(flipped)] and sum(task["split_sizes"].values()) == 18
+    assert len(list((tmp_path / "outputs" / "cache").glob("checked-*.json"))) == 1
+    again, again_dir = tiny_run(tmp_path, *small, name="again")  # the check read from the record: the same run
+    assert {key: again[key] for key in COMPARED} == {key: summary[key] for key in COMPARED}
+    assert (again_dir / "metrics.jsonl").read_text() == (run_dir / "metrics.jsonl").read_text()
+    refused, refused_dir = tiny_run(tmp_path, *small, "dataset.car_color.on_corrupt=error", name="refused")
+    assert refused["status"] == "failed" and "on_corrupt=error" in refused["error"]
+    assert f"{flipped}: OSError: broken data stream" in refused["error"]
+    assert not (refused_dir / "metrics.jsonl").exists()
+
+
+def test_check_recorded_under_cache_dir_so_only_the_first_run_decodes(tmp_path, monkeypatch):
+    root = make_tree(tmp_path / "r", {"a": 5, "b": 5}, suffix=".jpg")
+    flipped = flipped_jpeg(root / "b" / "flipped.jpg")
+    decoded = []
+    check = image_check.file_error
+    monkeypatch.setattr(image_check, "file_error", lambda path, decode: decoded.append(path) or check(path, decode))
+    cache_dir = tmp_path / "cache"
+    rng = torch.get_rng_state()
+    first = load(root, cache_dir=str(cache_dir))
+    (record,) = cache_dir.glob("checked-*.json")
+    assert len(decoded) == 11 and first.info["skipped_files"] == [str(flipped)]
+    second = load(root, cache_dir=str(cache_dir))
+    assert len(decoded) == 11 and second.info == first.info and second.train.paths == first.train.paths
+    assert torch.equal(torch.get_rng_state(), rng)  # checking or reading the record leaves the random stream
+    assert list(cache_dir.glob("checked-*.json")) == [record]
+    record.write_text("{not json")  # a damaged record: the files checked again, the record left as it is
+    assert load(root, cache_dir=str(cache_dir)).info == first.info and record.read_text() == "{not json"
+    assert len(decoded) == 22
+    flip_scan_bytes(root / "a" / "002.jpg")  # a changed file: the folder is checked again
+    third = load(root, cache_dir=str(cache_dir))
+    assert len(decoded) == 33 and third.info["skipped_files"] == sorted([str(flipped), str(root / "a" / "002.jpg")])
+    load(root, cache_dir=str(cache_dir), image_size=12)  # another draft size: another decoding, checked again
+    assert len(decoded) == 44 and len(list(cache_dir.glob("checked-*.json"))) == 3
 
 
 def test_missing_root_names_the_layout(tmp_path):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from cl_bench.data.sequences import build_task_sequence, permuted_tasks, split_tasks
-from cl_bench.data.sources import mnist, sklearn_digits
+from cl_bench.data.sources import mnist, read_idx, sklearn_digits, write_idx
 from cl_bench.engine.validate import validate_config
 from cl_bench.errors import ConfigError
+from tests.helpers.data import make_tree
+from tests.helpers.runs import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +88,115 @@ def test_mnist_missing_files_name_the_files_and_folder(tmp_path):
         mnist(str(tmp_path))
     assert "train-images-idx3-ubyte" in str(error.value)
     assert str(tmp_path / "MNIST" / "raw") in str(error.value)
+
+
+def raw_file(data_dir, name: str):
+    return data_dir / "MNIST" / "raw" / name
+
+
+def relabel(data_dir, name: str, change) -> None:
+    """The IDX label file `name` rewritten with `change` applied to its labels (a numpy array)."""
+    labels = read_idx(raw_file(data_dir, name)).numpy().copy()
+    write_idx(raw_file(data_dir, name), change(labels))
+
+
+@pytest.mark.parametrize("dataset", [["dataset=split_mnist"], ["dataset=permuted_mnist",
+                                                                  "dataset.permuted_mnist.n_tasks=2"]])
+def test_mnist_label_out_of_range_fails_the_run_before_training_naming_the_file(tmp_path, mnist_dir, dataset):
+    """Before the check split_mnist dropped the example silently and permuted_mnist gained a class "200"."""
+    relabel(mnist_dir, "train-labels-idx1-ubyte", lambda y: np.where(np.arange(len(y)) == 7, 200, y))
+    summary, run_dir = tiny_run(tmp_path, *dataset)
+    assert summary["status"] == "failed"
+    path = raw_file(mnist_dir, "train-labels-idx1-ubyte")
+    assert f"{path}: 1 label(s) outside 0-9, e.g. 200 at position 7: delete it and fetch MNIST again" in (
+        summary["error"])
+    assert "\n" not in summary["error"]
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "tasks.json").exists()
+
+
+def idx_bytes(array: np.ndarray, tmp_path) -> bytes:
+    write_idx(tmp_path / "scratch", array)
+    return (tmp_path / "scratch").read_bytes()
+
+
+CORRUPTIONS = {  # file -> (its new content from the good bytes, the message expected after the file's name)
+    "header": ("train-images-idx3-ubyte", lambda good, tmp: b"\x00\x00\x0d\x03" + good[4:],
+               "not an IDX file of unsigned bytes"),
+    "cut": ("train-images-idx3-ubyte", lambda good, tmp: good[:-100], "bytes of data where its header's shape"),
+    "padded": ("t10k-labels-idx1-ubyte", lambda good, tmp: good + b"\x01", "bytes of data where its header's shape"),
+    "cut header": ("t10k-labels-idx1-ubyte", lambda good, tmp: good[:6], "cut within its IDX header"),
+    "image shape": ("train-images-idx3-ubyte", lambda good, tmp: idx_bytes(np.zeros((300, 28, 27)), tmp),
+                    "images of shape [300, 28, 27], expected [N, 28, 28]"),
+    "label shape": ("train-labels-idx1-ubyte", lambda good, tmp: idx_bytes(np.zeros((300, 2)), tmp),
+                    "labels of shape [300, 2], expected [N]"),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_mnist_file_checked_at_load_naming_it(mnist_dir, tmp_path, corruption):
+    name, corrupt, message = CORRUPTIONS[corruption]
+    path = raw_file(mnist_dir, name)
+    path.write_bytes(corrupt(path.read_bytes(), tmp_path))
+    with pytest.raises(ValueError) as error:
+        mnist(str(mnist_dir))
+    assert str(error.value).startswith(f"{path}:") and message in str(error.value)
+    assert str(error.value).endswith("or copy MNIST's original files into the folder)")
+
+
+def test_mnist_image_and_label_counts_must_match(mnist_dir):
+    relabel(mnist_dir, "t10k-labels-idx1-ubyte", lambda y: y[:90])
+    with pytest.raises(ValueError, match=re.escape(
+        f"{raw_file(mnist_dir, 't10k-images-idx3-ubyte')} holds 100 images but "
+        f"{raw_file(mnist_dir, 't10k-labels-idx1-ubyte')} 90 labels: delete both and fetch MNIST again"
+    )):
+        mnist(str(mnist_dir))
+
+
+def test_mnist_gzip_files_read_and_a_broken_one_named(mnist_dir):
+    plain = mnist(str(mnist_dir))
+    for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        path = raw_file(mnist_dir, name)
+        path.with_name(f"{name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    zipped = mnist(str(mnist_dir))
+    assert torch.equal(zipped.train_x, plain.train_x) and torch.equal(zipped.test_y, plain.test_y)
+    broken = raw_file(mnist_dir, "t10k-labels-idx1-ubyte.gz")
+    broken.write_bytes(broken.read_bytes()[:-30])
+    with pytest.raises(ValueError, match=re.escape(f"{broken}: cannot be read (EOFError")):
+        mnist(str(mnist_dir))
+
+
+def test_test_labels_outside_the_training_classes_refused_before_training(mnist_dir):
+    """Training labels without a digit 9 (0-8 only) while the test file has nines: permuted tasks would have
+    9 output units and meet target 9 at their first test evaluation; split tasks index past their relabelling."""
+    relabel(mnist_dir, "train-labels-idx1-ubyte", lambda y: np.minimum(y, 8))
+    source = mnist(str(mnist_dir))
+    with pytest.raises(ValueError, match=re.escape("dataset.p: mnist's test labels [9] are not among its training "
+                                                   "labels [0, 1, 2, 3, 4, 5, 6, 7, 8]")):
+        permuted_tasks(source, 2, "p")
+    with pytest.raises(ValueError, match=re.escape("dataset.s: mnist's test labels [9]")):
+        split_tasks(source, [[0, 1, 2, 3], [4, 5, 6, 7]], "s")
+
+
+def test_permuted_tasks_need_labels_0_to_n_minus_1(mnist_dir):
+    relabel(mnist_dir, "train-labels-idx1-ubyte", lambda y: np.where(y == 3, 4, y))
+    relabel(mnist_dir, "t10k-labels-idx1-ubyte", lambda y: np.where(y == 3, 4, y))
+    with pytest.raises(ValueError, match=re.escape("dataset.p: permuted tasks train on the source's labels as they "
+                                                   "are, so they must be 0..n-1; mnist's training labels are "
+                                                   "[0, 1, 2, 4, 5, 6, 7, 8, 9]")):
+        permuted_tasks(mnist(str(mnist_dir)), 2, "p")
+
+
+def test_a_task_without_val_or_test_examples_refused_before_training(make_config, tmp_path, mnist_dir):
+    make_tree(tmp_path / "data" / "car_color", {"red": 2, "white": 2})  # 2 images a class: one test, no val
+    cfg = make_config("dataset=[car_color]", "dataset.car_color.image_size=16", "dataset.car_color.workers=0")
+    with pytest.raises(ValueError, match=re.escape("task car_color: no val examples (split sizes {'train': 2, "
+                                                   "'val': 0, 'test': 2}): every task needs examples in each split")):
+        build_task_sequence(cfg.dataset)
+    relabel(mnist_dir, "t10k-labels-idx1-ubyte", lambda y: np.where(y < 4, 4, y))  # no 0-3 in the test file
+    cfg = make_config("dataset=[split_mnist]", "dataset.split_mnist.splits=[[0,1],[2,3],[4,5]]")
+    with pytest.raises(ValueError, match=re.escape("task split_mnist.0: no test examples")):
+        build_task_sequence(cfg.dataset)
 
 
 def class_lists(tasks) -> list[list[str]]:

@@ -3,7 +3,7 @@
 - config:  `compose_config`, the one way the tests compose conf/config.yaml; TINY (`+debug=tiny`)
 - runs:    `tiny_run`, a tiny run in-process into a run folder; COMPARED, the summary keys of a result
 - cli:     `cl_bench`, the command line in a subprocess as a user runs it
-- data:    data on disk: a small MNIST in IDX files, image folders
+- data:    data on disk: a small MNIST in IDX files, image folders, a JPEG that fails to decode
 - harness: tiny tensor tasks, a seeded MLP, a method's TrainContext, for unit tests of methods
 - plugins: test-only plug-ins reached through the config's `_target_`s (re-exported here, so that
   `logger._target_=tests.helpers.SignalAtRow` and `method._target_=tests.helpers.NaNAtStep` name them)

@@ -47,3 +47,12 @@ def save_coloured_picture(path: Path, colour: tuple[int, int, int], seed: int) -
     noise = np.random.default_rng(seed).normal(0, 25, (30, 40, 3))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.array(colour) + noise).clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def flip_scan_bytes(path: Path) -> None:
+    """Flip (xor 0xFF) 40 bytes of a JPEG's entropy-coded data, 80 bytes after its start-of-scan marker: the
+    header stays intact and PIL's `verify` passes, decoding fails ("broken data stream")."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\xff\xda") + 80
+    data[start : start + 40] = bytes(b ^ 0xFF for b in data[start : start + 40])
+    path.write_bytes(bytes(data))
