@@ -107,6 +107,12 @@ def resumed_config(cfg: DictConfig, override_keys: Sequence[str]) -> tuple[DictC
             )
         raise FileNotFoundError(f"resume={cfg.resume}: not a cl_bench run folder (no {STATE_DIR}/config.yaml there)")
     check_targets(saved, str(saved_config_path(folder)), trusted=targets_of(cfg))
+    if OmegaConf.select(saved, "score.window", default=None) is None:
+        raise IncompatibleState(
+            f"resume={cfg.resume}: this run was started before score.window existed (its checkpoints follow a Score "
+            f"window that included the last task's step 0), and cannot be continued; start a new run (its results "
+            f"stay readable by cl-bench-report)"
+        )
     refused = []
     for key in override_keys:
         if key == "resume" or _plain_at(cfg, key) == _plain_at(saved, key):
@@ -203,11 +209,12 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, cl
         metrics.resume(0)  # from the start: no rows of a run killed before its first checkpoint
     first_task = None
     if cfg.first_task.cache and not method.changes_first_task:
-        first_task = FirstTaskCache(Path(cfg.cache_dir), first_task_key(cfg, device.type), metrics, device)
+        key = first_task_key(cfg, device.type, len(tasks))
+        first_task = FirstTaskCache(Path(cfg.cache_dir), key, metrics, device)
     with stop_on_signals(trainer):
         result = trainer.run(first_task)
     summary["first_task_cached"] = bool(first_task and first_task.hit)
-    summary.update(result_summary(metrics.rows, tasks, result, cfg.accuracy))
+    summary.update(result_summary(metrics.rows, tasks, result, cfg.accuracy, cfg.score.window))
 
 
 @dataclass

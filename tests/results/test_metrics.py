@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from cl_bench.results.metrics import average_final_accuracy, backward_transfer, forgetting, peak_score, task_letters
+from cl_bench.results.metrics import (
+    at_chance,
+    average_final_accuracy,
+    backward_transfer,
+    forgetting,
+    in_score_window,
+    peak_score,
+    task_letters,
+)
 
 
 def test_score_is_peak_mean_within_window():
@@ -23,6 +31,19 @@ def test_score_window_includes_the_last_task_step_zero():
     curves = [[0.2, 0.1], [0.95, 0.3], [0.9, 0.2], [0.5, 0.5]]
     score = peak_score(curves, window_start=1, steps=[0, 10, 20, 30])
     assert score.step == 10 and score.per_task == [0.95, 0.3]
+
+
+def test_the_window_is_the_last_tasks_training_and_its_step_0_only_with_the_start():
+    assert [in_score_window(1, step, 2, "training") for step in (0, 1, 500)] == [False, True, True]
+    assert [in_score_window(1, step, 2, "with_start") for step in (0, 1, 500)] == [True, True, True]
+    assert not in_score_window(0, 5, 2, "with_start") and not in_score_window(1, 5, 3, "training")
+
+
+def test_at_chance_is_within_two_standard_errors_of_a_uniform_guess():
+    # 9 units, 400 examples: a guess scores 1/9 with standard error sqrt((1/9)(8/9)/400) = 0.0157
+    bound = 1 / 9 + 2 * (1 / 9 * 8 / 9 / 400) ** 0.5
+    assert at_chance(0.066, 9, 400) and at_chance(bound - 1e-9, 9, 400)
+    assert not at_chance(bound + 1e-9, 9, 400) and not at_chance(0.31, 9, 400)
 
 
 def test_score_ties_go_to_the_earliest_point():
