@@ -547,7 +547,8 @@ def test_columns_final_adds_each_tasks_final_validation_accuracy(sweep, capsys):
     assert "Final" not in text  # the default table
     report_main([str(sweep.root), "--columns", "final"])
     text = capsys.readouterr().out
-    assert text.startswith("| Technique | Val Score | Val Score_A | Val Score_B | Test Score | Final A | Final B | Best")
+    header = "| Technique | Val Score | Val Score_A | Val Score_B | Test Score | Final A | Final B | Best hyper-parameters"
+    assert text.startswith(header)
     assert "| 40.0% ± 0.0 | 30.0% ± 14.1 | 85.0% ± 7.1 |  | 2 |" in text
     assert "\nFinal A, Final B: each task's validation accuracy after the last task.\n" in text
     table = read_report_csv(sweep.root / "report.csv")
