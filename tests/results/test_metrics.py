@@ -18,7 +18,7 @@ from cl_bench.results.metrics import (
 
 
 def test_score_is_peak_mean_within_window():
-    # rows 0-2: task A training (excluded), rows 3-6: task B from its step 0
+    # rows 0-2: task A training (excluded), rows 3-6: the window
     curves = [[0.1, 0.0], [0.9, 0.0], [0.99, 0.99], [0.9, 0.1], [0.6, 0.8], [0.5, 0.95], [0.1, 0.99]]
     steps = [0, 50, 100, 100, 150, 200, 250]
     score = peak_score(curves, window_start=3, steps=steps)
@@ -27,7 +27,7 @@ def test_score_is_peak_mean_within_window():
     assert score.step == 200
 
 
-def test_score_window_includes_the_last_task_step_zero():
+def test_the_windows_first_row_is_one_of_its_points():
     curves = [[0.2, 0.1], [0.95, 0.3], [0.9, 0.2], [0.5, 0.5]]
     score = peak_score(curves, window_start=1, steps=[0, 10, 20, 30])
     assert score.step == 10 and score.per_task == [0.95, 0.3]
