@@ -51,13 +51,16 @@ def chosen_runs(row: pd.Series, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rows_where(table: pd.DataFrame, runs: pd.DataFrame, flag: str) -> list[str]:
-    """The table rows with a chosen run whose `flag` holds, as `Technique` (with "k of n seeds" unless all)."""
+    """The table rows with a chosen run whose `flag` holds, as `Technique` (and its sequence when the table has
+    several), with "k of n seeds" unless all."""
+    several_sequences = table[["sequence", "scenario"]].drop_duplicates().shape[0] > 1
     named = []
     for _, row in table[table.status == "ok"].iterrows():
         chosen = chosen_runs(row, runs)
         flagged = int(chosen[flag].eq(True).sum()) if flag in chosen else 0  # None, NaN: not known
         if flagged:
-            named.append(row.Technique + ("" if flagged == len(chosen) else f" ({flagged} of {len(chosen)} seeds)"))
+            name = row.Technique + (f" on {row.sequence} ({row.scenario}-IL)" if several_sequences else "")
+            named.append(name + ("" if flagged == len(chosen) else f" ({flagged} of {len(chosen)} seeds)"))
     return named
 
 
