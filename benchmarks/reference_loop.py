@@ -279,10 +279,11 @@ class BareLoop:
         return result
 
     def log(self, k: int, loss: float | None = None) -> None:
-        """A metrics row; in the last task, a snapshot of the best model so far."""
+        """A metrics row (`loss` None: the task's start, before its first update); in the last task from its first
+        update on (the Score's window, score.window=training), a snapshot of the best model so far."""
         self.rows.append({"step": self.global_step, "task": k, "val": self.last_val, "loss": loss})
         mean = sum(self.last_val) / len(self.last_val)
-        if k == len(self.tasks) - 1 and mean > self.best[0]:
+        if k == len(self.tasks) - 1 and loss is not None and mean > self.best[0]:
             state = (
                 {} if self.global_step in self.tested else {n: v.clone() for n, v in self.model.state_dict().items()}
             )

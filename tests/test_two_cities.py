@@ -159,7 +159,7 @@ def test_second_run_reuses_task_a(runs):
 
 def test_head_growth_keeps_task_a_rows(runs):
     cfg, _, run_dir = runs["kd"]
-    task_a = load_checkpoint(Path(cfg.cache_dir) / "first_task" / f"{first_task_key(cfg, 'cpu')}.pt")
+    task_a = load_checkpoint(Path(cfg.cache_dir) / "first_task" / f"{first_task_key(cfg, 'cpu', 2)}.pt")
     assert task_a["global_step"] == 6 and task_a["model"]["head.weight"].shape == (3, 512)
     # KD's teacher is the model at task B's step 0, right after the head grew, cut back to A's rows
     final = load_checkpoint(sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1])

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cl_bench.errors import one_line
-from cl_bench.results.report import METRICS, SPREADS, write_report
+from cl_bench.results.report import COLUMNS, METRICS, SPREADS, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,13 +20,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="the ± of the table: sample std or SEM (default: the runs' report.spread)")
     parser.add_argument("--select", nargs="+", action="extend", default=[], metavar="KEY",
                         help="more dotted config keys to select the best value of by validation (e.g. lr)")
+    parser.add_argument("--columns", nargs="+", action="extend", default=[], choices=COLUMNS,
+                        help="more columns: final (each task's validation accuracy after the last task, Final A, "
+                             "Final B, ...; added to the runs' report.columns)")
     parser.add_argument("--config-dir", type=Path, action="append", default=[], metavar="DIR",
                         help="a config folder of your own (as given to cl-bench): the targets its configs name "
                              "are allowed in the runs' saved configs")
     args = parser.parse_args(argv)
     try:
         text = write_report(args.dirs, args.out or args.dirs[0], args.metric, args.spread, tuple(args.select),
-                            args.config_dir)
+                            args.config_dir, columns=tuple(args.columns))
     except (OSError, ValueError) as error:
         parser.exit(2, f"cl-bench-report: error: {one_line(error)}\n")
     print(text)

@@ -69,8 +69,8 @@ def same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 class Evaluator:
     """Evaluates models on every task of `tasks` under `autocast`, in batches of `batch_size`, with
     `method`'s predictor if it defines one (built once per split's evaluation), and follows the Score (of
-    the `accuracy` kind) over the val evaluations: `last_val` holds the latest, `best` the peak mean of
-    the Score's window so far and a snapshot of the state there."""
+    the `accuracy` kind, over its `window`: results/metrics.py) over the val evaluations: `last_val` holds the
+    latest, `best` the peak mean of the Score's window so far and a snapshot of the state there."""
 
     def __init__(
         self,
@@ -79,6 +79,7 @@ class Evaluator:
         batch_size: int,
         autocast: torch.autocast | contextlib.nullcontext,
         accuracy: str,
+        window: str,
         method: Method,
     ):
         self.tasks = tasks
@@ -86,6 +87,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.autocast = autocast
         self.accuracy = accuracy
+        self.window = window
         self.method = method
         self.predictor = defined_hook(method, "predictor")  # None: the logits, and no prediction state
         self.cache = EvaluationCache()
@@ -93,11 +95,11 @@ class Evaluator:
         self.best: tuple[float, Snapshot] | None = None
         self.best_results: dict[str, Accuracies] = {}  # the cache's results of the best state, by split
 
-    def val(self, model: nn.Module, task_idx: int) -> Accuracies:
-        """The val accuracies of `model` while training task `task_idx`; a new peak of the Score's
+    def val(self, model: nn.Module, task_idx: int, task_step: int) -> Accuracies:
+        """The val accuracies of `model` at step `task_step` of task `task_idx`; a new peak of the Score's
         window keeps the state's snapshot."""
         self.last_val = self._accuracies(model, "val")
-        if in_score_window(task_idx, len(self.tasks)):
+        if in_score_window(task_idx, task_step, len(self.tasks), self.window):
             mean = new_peak(self.last_val[self.accuracy], None if self.best is None else self.best[0])
             if mean is not None:
                 self.best = (mean, self.cache.state)  # the cache's snapshot of this very state

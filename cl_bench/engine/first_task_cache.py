@@ -23,15 +23,19 @@ log = logging.getLogger(__name__)
 
 # The keys of a run's experiment (results/experiment_keys.py) that do not change its first task: the later
 # tasks' learning rate, budget and optimiser carry-over, the methods (a method whose first task trains otherwise
-# never takes it from the cache), and which accuracy the Score follows (its window lies in the last task). Every
-# other key of the experiment is in the key: a key added later (e.g. `class_head`) splits the cache, never
-# shares a state trained under another setting.
-LATER_TASK_KEYS = ("method", "plus", "lr", "steps", "epochs", "optimizer_state", "accuracy")
+# never takes it from the cache), and which accuracy the Score follows and over which window (SCORE_KEYS: the
+# window lies in the last task, so they do change the state of a run whose only task is the first, whose best
+# point the state holds). Every other key of the experiment is in the key: a key added later (e.g. `class_head`)
+# splits the cache, never shares a state trained under another setting.
+SCORE_KEYS = ("accuracy", "score")
+LATER_TASK_KEYS = ("method", "plus", "lr", "steps", "epochs", "optimizer_state", *SCORE_KEYS)
 
 
-def first_task_key(cfg: DictConfig, device_type: str) -> str:
-    """A hash of everything that determines the trained task-A state (and the init file's identity)."""
-    fields = experiment_identity(cfg, ignore=LATER_TASK_KEYS)
+def first_task_key(cfg: DictConfig, device_type: str, n_tasks: int) -> str:
+    """A hash of everything that determines the trained task-A state of a run of `n_tasks` tasks (and the init
+    file's identity)."""
+    later = LATER_TASK_KEYS if n_tasks > 1 else tuple(key for key in LATER_TASK_KEYS if key not in SCORE_KEYS)
+    fields = experiment_identity(cfg, ignore=later)
     fields["seed"] = cfg.seed
     if cfg.init_from:
         stat = Path(cfg.init_from).expanduser().stat()

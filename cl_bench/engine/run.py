@@ -35,6 +35,7 @@ from cl_bench.engine.device import device_description, device_model_options, res
 from cl_bench.engine.first_task_cache import FirstTaskCache, first_task_key
 from cl_bench.engine.run_folder import (
     ConfigMismatch,
+    NotResumable,
     RunLock,
     bind,
     check_claim,
@@ -109,6 +110,12 @@ def resumed_config(cfg: DictConfig, override_keys: Sequence[str]) -> tuple[DictC
     check_resumable(folder, cfg.resume)
     found = load_saved_config(folder, targets_of(cfg))
     saved = found.config
+    if OmegaConf.select(saved, "score.window", default=None) is None:
+        raise NotResumable(
+            f"resume={cfg.resume}: this run was started before score.window existed (its checkpoints follow a Score "
+            f"window that included the last task's step 0), and cannot be continued; start a new run (its results "
+            f"stay readable by cl-bench-report)"
+        )
     take_own_values(saved, found.literal, cfg, override_keys, folder)
     refused = []
     for key in override_keys:
@@ -232,11 +239,12 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, cl
         metrics.resume(0)  # from the start: no rows of a run killed before its first checkpoint
     first_task = None
     if cfg.first_task.cache and not method.changes_first_task:
-        first_task = FirstTaskCache(Path(cfg.cache_dir), first_task_key(cfg, device.type), metrics, device)
+        key = first_task_key(cfg, device.type, len(tasks))
+        first_task = FirstTaskCache(Path(cfg.cache_dir), key, metrics, device)
     with stop_on_signals(trainer):
         result = trainer.run(first_task)
     summary["first_task_cached"] = result.first_task_cached
-    summary.update(result_summary(metrics.rows, tasks, result, cfg.accuracy))
+    summary.update(result_summary(metrics.rows, tasks, result, cfg.accuracy, cfg.score.window))
 
 
 @dataclass

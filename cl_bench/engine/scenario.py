@@ -96,6 +96,14 @@ class Scenario:
             return logits[:, units].argmax(1) + units.start
         return logits.argmax(1)
 
+    def units_predicted_among(self, task_idx: int, task_aware: bool = False) -> int:
+        """How many output units `predict` chooses among for task `task_idx`'s examples once every task's units
+        exist: the task's own in task-IL (and when `task_aware`), else the whole head."""
+        if self.name == "task" or task_aware:
+            units = self.task_units(task_idx)
+            return units.stop - units.start
+        return self.n_outputs(len(self.classes_per_task) - 1)
+
     def evaluable(self, task_idx: int, head_size: int) -> bool:
         """Whether the head has the units for task `task_idx` yet (class/task-IL grow it)."""
         return self.task_units(task_idx).stop <= head_size

@@ -46,7 +46,7 @@ class OptimizerFactory:
 class TrainerSettings:
     """The trainer's settings: the first task's and the later tasks' learning rate and budget, batch
     sizes, how often to evaluate and checkpoint, the seed, the forward precision, the accuracy kind
-    the Score follows, and the optimiser (`optimizer_state`: carry | fresh)."""
+    the Score follows and its window (results/metrics.py), and the optimiser (`optimizer_state`: carry | fresh)."""
 
     batch_size: int
     eval_batch_size: int
@@ -59,6 +59,7 @@ class TrainerSettings:
     seed: int
     precision: str
     accuracy: str
+    score_window: str
     optimizer_state: str
     optimizer: OptimizerFactory
 
@@ -83,6 +84,7 @@ def trainer_settings(cfg: DictConfig) -> TrainerSettings:
         seed=cfg.seed,
         precision=cfg.precision,
         accuracy=cfg.accuracy,
+        score_window=cfg.score.window,
         optimizer_state=cfg.optimizer_state,
         optimizer=OptimizerFactory(cfg.optimizer),
     )

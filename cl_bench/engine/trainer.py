@@ -126,7 +126,9 @@ class Trainer:
         self.sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # loss sums (MPS has no float64)
         self.sampler_generator = torch.Generator().manual_seed(settings.seed)
         self.method_generator = torch.Generator().manual_seed(settings.seed + 1)
-        self.evaluator = Evaluator(tasks, scenario, settings.eval_batch_size, self.autocast, settings.accuracy, method)
+        self.evaluator = Evaluator(
+            tasks, scenario, settings.eval_batch_size, self.autocast, settings.accuracy, settings.score_window, method
+        )
         self.result = SequenceResult()
         self.global_step = 0
         self.rows_logged = 0
@@ -345,7 +347,7 @@ class Trainer:
 
     def evaluate(self, task_idx: int, task_step: int, losses: dict[str, float]) -> None:
         """Every task's val accuracies now, logged as a metrics row with the mean `losses`."""
-        val = self._timed(lambda: self.evaluator.val(self.model, task_idx))
+        val = self._timed(lambda: self.evaluator.val(self.model, task_idx, task_step))
         row = {"step": self.global_step, "task": task_idx, "task_step": task_step}
         for kind, values in val.items():
             row.update({f"val{ROW_PREFIX[kind]}/{t.name}": acc for t, acc in zip(self.tasks, values)})

@@ -31,6 +31,7 @@ from cl_bench.engine.optim import OPTIMIZER_STATES
 from cl_bench.engine.scenario import CLASS_HEADS, check_scenario
 from cl_bench.errors import ConfigError
 from cl_bench.models.options import check_channels_last
+from cl_bench.results.metrics import SCORE_WINDOWS, TRAINING
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Rules of the optimiser node's numeric keys (torch.optim's names), checked when present.
@@ -271,6 +272,7 @@ def validate_config(cfg: DictConfig) -> None:
     _orders(cfg)
     _choice("optimizer_state", cfg.optimizer_state, OPTIMIZER_STATES)
     _choice("accuracy", cfg.accuracy, ACCURACIES)
+    _choice("score.window", OmegaConf.select(cfg, "score.window"), SCORE_WINDOWS)
     _choice("class_head", cfg.class_head, CLASS_HEADS)
     if cfg.class_head == "full" and cfg.scenario != "class":
         raise ConfigError(f"class_head=full: only class-IL's head can hold every class from the start (scenario={cfg.scenario})")
@@ -285,7 +287,13 @@ def validate_config(cfg: DictConfig) -> None:
 
 def check_against_tasks(cfg: DictConfig, tasks: list[Task]) -> None:
     """What depends on the data, checked once the tasks are built and before training: a batch
-    holds at most a task's training split, so a larger `batch_size` is refused (not clamped)."""
+    holds at most a task's training split, so a larger `batch_size` is refused (not clamped); the Score's
+    window holds a point (a single task taken as trained, `first_task.steps=0`, has only its step 0)."""
+    if len(tasks) == 1 and cfg.first_task.steps == 0 and cfg.score.window == TRAINING:
+        raise ConfigError(
+            "score.window=training: the only task has no training step (first_task.steps=0), so no point is in "
+            "the Score's window; set score.window=with_start to score the model as it starts"
+        )
     for task in tasks:
         if cfg.batch_size > len(task.train):
             raise ConfigError(

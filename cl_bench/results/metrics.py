@@ -24,14 +24,21 @@ class Score:
     row: int
 
 
-# The Score rule, defined here once (the summary and the trainer's best-model snapshot follow it):
-# Score = max_t mean_k val_k(t) over the evaluation points t of the last task (its step 0 included);
-# ties go to the earliest t; a point where some task has no accuracy (NaN) does not count.
+# The Score rule, defined here once (the summary, the trainer's best-model snapshot and the report follow it):
+# Score = max_t mean_k val_k(t) over the evaluation points t of the Score's window; ties go to the earliest t; a
+# point where some task has no accuracy (NaN) does not count. The window (`score.window`) is the last task's:
+# TRAINING, its points from its first update on; WITH_START, its step 0 too. The last task's step 0 is the model
+# before any update on it, the same for every method, so a Score taken there measures none of them.
+TRAINING, WITH_START = "training", "with_start"
+SCORE_WINDOWS = (TRAINING, WITH_START)
+EARLIER_WINDOW = WITH_START  # the window of a summary without `score_window`: made before `score.window` existed
+# A task's accuracy is at chance when it is within this many binomial standard errors of a uniform guess's.
+CHANCE_STANDARD_ERRORS = 2
 
 
-def in_score_window(task_idx: int, n_tasks: int) -> bool:
-    """Whether an evaluation point while training task `task_idx` is in the Score's window."""
-    return task_idx == n_tasks - 1
+def in_score_window(task_idx: int, task_step: int, n_tasks: int, window: str) -> bool:
+    """Whether the evaluation point at step `task_step` of task `task_idx` is in the Score's `window`."""
+    return task_idx == n_tasks - 1 and (task_step > 0 or window == WITH_START)
 
 
 def new_peak(accuracies: list[float], peak: float | None) -> float | None:
@@ -54,6 +61,13 @@ def peak_score(val_curves: list[list[float]], window_start: int, steps: list[int
     if best is None:
         raise ValueError("no evaluation point with every task's accuracy in the Score window")
     return best
+
+
+def at_chance(accuracy: float, units: int, n_examples: int) -> bool:
+    """Whether `accuracy` on `n_examples` is no better than a uniform guess among `units` output units: at most
+    the guess's mean 1/units plus CHANCE_STANDARD_ERRORS of its binomial standard error on `n_examples`."""
+    guess = 1 / units
+    return accuracy <= guess + CHANCE_STANDARD_ERRORS * math.sqrt(guess * (1 - guess) / n_examples)
 
 
 def average_final_accuracy(matrix: list[list[float]]) -> float:

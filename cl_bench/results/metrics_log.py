@@ -23,6 +23,11 @@ def _json_row(row: dict) -> str:
     return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
 
 
+def _parsed_row(line: str) -> dict:
+    """A row as `_json_row` wrote it, a missing value (null) back to NaN."""
+    return {k: (math.nan if v is None else v) for k, v in json.loads(line).items()}
+
+
 class MetricsLog:
     """Appends rows to `path` and keeps them in memory; forwards them to listeners."""
 
@@ -53,7 +58,7 @@ class MetricsLog:
         lines = read_data(self.path).decode().splitlines()[:n_rows] if self.path.exists() else []
         if len(lines) < n_rows:
             raise ValueError(f"{self.path} has {len(lines)} rows but the checkpoint accounts for {n_rows}")
-        self.rows = [{k: (math.nan if v is None else v) for k, v in json.loads(line).items()} for line in lines]
+        self.rows = [_parsed_row(line) for line in lines]
         write_text("".join(line + "\n" for line in lines), self.path)
 
 
@@ -71,6 +76,11 @@ def write_metrics_csv(rows: list[dict], path: Path) -> None:
     writer.writerow(columns)
     writer.writerows([cell(row.get(key)) for key in columns] for row in rows)
     write_text(text.getvalue(), path)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of the metrics file `path`, as the run held them (a missing value as NaN)."""
+    return [_parsed_row(line) for line in read_data(path, MAX_METRICS_BYTES).decode().splitlines() if line.strip()]
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:

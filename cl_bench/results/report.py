@@ -64,6 +64,8 @@ from cl_bench.results.figures import plot_comparison
 from cl_bench.results.metrics import task_letters
 from cl_bench.results.metrics_log import read_metrics
 from cl_bench.results.report_files import check_report_folder, write_report_files
+from cl_bench.results.rescore import asked_window, rescored, with_window
+from cl_bench.results.score_notes import blank_unknown_tests, score_flags, score_notes
 from cl_bench.results.summary_check import summary_problem
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,10 @@ log = logging.getLogger(__name__)
 DEFAULT_LR_LABELS = {"0.001": "", "0.0001": "low lr"}
 WANDB_LOGGER = "cl_bench.loggers.wandb.WandbLogger"
 SPREADS = {"std": "sample std", "sem": "SEM (sample std / √n)"}
+# Columns a table can add after its metric's (report.columns, --columns): `final`, each task's validation accuracy
+# after the last task (Final A, Final B, ...: the retention a peak-average Score can hide).
+COLUMNS = ("final",)
+FINAL_PREFIX = "val_final_"
 RUN_MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{STATE_DIR}/{CONFIG_FILE}", f"{HYDRA_RECORD}/{CONFIG_FILE}")
 REQUIRED_KEYS = ("method._target_", "model._target_", "dataset", "seed")  # in every cl_bench run's config
 # The statuses of a job without a result, in the order a row without an ok job shows the first it has.
@@ -104,11 +110,13 @@ METRICS = {
 
 @dataclass(frozen=True)
 class Settings:
-    """How the table is made: `metric` (a METRICS key), `spread` (std | sem), extra `select` keys."""
+    """How the table is made: `metric` (a METRICS key), `spread` (std | sem), extra `select` keys, extra
+    `columns` (COLUMNS)."""
 
     metric: str = "score"
     spread: str = "std"
     select: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -245,8 +253,9 @@ def _agreed(runs: list[Run], key: str, flag: str | None, default: str, allowed) 
 
 
 def report_settings(runs: list[Run], metric: str | None = None, spread: str | None = None,
-                    select: tuple[str, ...] = ()) -> Settings:
-    """Flags win over the runs' `report:` config; `select` adds to every run's `report.select`."""
+                    select: tuple[str, ...] = (), columns: tuple[str, ...] = ()) -> Settings:
+    """Flags win over the runs' `report:` config; `select` and `columns` add to every run's `report.select` and
+    `report.columns`."""
     keys = set(select)
     for run in runs:
         keys.update(_plain(OmegaConf.select(run.config, "report.select", default=None)) or [])
@@ -254,7 +263,19 @@ def report_settings(runs: list[Run], metric: str | None = None, spread: str | No
         metric=_agreed(runs, "metric", metric, "score", METRICS),
         spread=_agreed(runs, "spread", spread, "std", SPREADS),
         select=tuple(sorted(keys)),
+        columns=_extra_columns_asked(runs, columns),
     )
+
+
+def _extra_columns_asked(runs: list[Run], columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The COLUMNS the flag and the runs' `report.columns` ask for."""
+    asked = set(columns)
+    for run in runs:
+        asked.update(_plain(OmegaConf.select(run.config, "report.columns", default=None)) or [])
+    unknown = sorted(asked - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"report.columns={unknown}: expected some of {', '.join(COLUMNS)}")
+    return tuple(column for column in COLUMNS if column in asked)
 
 
 def methods_selectable(config: DictConfig) -> list[str]:
@@ -307,9 +328,10 @@ def _version_tag(summary: dict | None) -> str:
 
 
 def run_record(run: Run, settings: Settings) -> dict[str, Any]:
-    """One run as a flat record: its identity, selected weights, status and metric values."""
-    summary = run.summary or {"status": "running"}
-    config = run.config
+    """One run as a flat record: its identity (the Score window its figures follow: results/rescore.py), selected
+    weights, status and metric values."""
+    scored = rescored(run.summary or {"status": "running"}, run.folder, asked_window(run.config))
+    summary, config = scored.summary, with_window(run.config, scored.window)
     selected = [*methods_selectable(config), *settings.select]
     full = experiment_identity(config)
     lr_labels = _plain(OmegaConf.select(config, "report.lr_labels", default=None)) or DEFAULT_LR_LABELS
@@ -336,7 +358,17 @@ def run_record(run: Run, settings: Settings) -> dict[str, Any]:
         columns = METRICS[settings.metric]
         record[columns.val], record[columns.test], per_task = metric_values(summary, settings.metric)
         record.update({f"{columns.task}{letter}": value for letter, value in per_task.items()})
+        if settings.metric == "score":
+            record.update(score_flags(summary, run.folder, scored.window, scored.test_unknown))
+        if "final" in settings.columns:
+            record.update(_final_columns(summary))
     return record
+
+
+def _final_columns(summary: dict) -> dict[str, float]:
+    """Each task's validation accuracy after the last task, by task letter (`final` of COLUMNS)."""
+    last = (summary.get("val_accuracy_matrix") or [[]])[-1]
+    return {f"{FINAL_PREFIX}{letter}": value for letter, value in zip(task_letters(len(last)), last)}
 
 
 def technique(method: str, lr: float, lr_labels: dict[str, str]) -> str:
@@ -360,6 +392,11 @@ def _stats(values: pd.Series) -> dict[str, float]:
 def _value_columns(runs: pd.DataFrame, metric: Metric) -> list[str]:
     tasks = sorted(c for c in runs.columns if c.startswith(metric.task) and c != metric.test)
     return [metric.val, *tasks, metric.test]
+
+
+def _extra_columns(runs: pd.DataFrame) -> list[str]:
+    """The records' columns of Settings.columns (`final`: FINAL_PREFIX and a task letter)."""
+    return sorted(c for c in runs.columns if c.startswith(FINAL_PREFIX))
 
 
 def experiment_row(group: pd.DataFrame, metric: Metric, values: list[str]) -> dict[str, Any]:
@@ -427,7 +464,7 @@ def once_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
 def score_table(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """One row per experiment (identity, cl_bench version); rows that share a name get told apart."""
     metric = METRICS[settings.metric]
-    values = _value_columns(runs, metric)
+    values = [*_value_columns(runs, metric), *_extra_columns(runs)]
     groups = runs.groupby(["identity", "version"], sort=False)
     table = pd.DataFrame([experiment_row(group, metric, values) for _, group in groups])
     for _, same_name in table.groupby(["sequence", "scenario", "name", "version"], sort=False):
@@ -521,24 +558,28 @@ def markdown_table(table: pd.DataFrame, runs: pd.DataFrame, settings: Settings) 
     """Technique | val metric | per task | test metric | best weights | n | cost, then what ± means."""
     metric = METRICS[settings.metric]
     values = _value_columns(runs, metric)
+    extras = _extra_columns(runs)
+    finals = [f"Final {c[len(FINAL_PREFIX) :]}" for c in extras]
     tasks = [c[len(metric.task) :] for c in values[1:-1]]
     several_sequences = table[["sequence", "scenario"]].drop_duplicates().shape[0] > 1
     header = (["Sequence"] if several_sequences else []) + ["Technique", metric.val_header]
-    header += [metric.task_header.format(k) for k in tasks] + [metric.test_header, "Best hyper-parameters", "n"]
-    header += ["Wall (s)", "Steps/s"]
+    header += [metric.task_header.format(k) for k in tasks] + [metric.test_header]
+    header += [*finals, "Best hyper-parameters", "n", "Wall (s)", "Steps/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [f"{row.sequence} ({row.scenario}-IL)"] if several_sequences else []
         cells.append(row.Technique)
         if row.status != "ok":
-            cells += [_state_cell(row.status), *[""] * len(values), _n_text(row), "", ""]
+            cells += [_state_cell(row.status), *[""] * (len(values) + len(extras)), _n_text(row), "", ""]
         else:
-            cells += [_cell(row, column, settings.spread) for column in values]
+            cells += [_cell(row, column, settings.spread) for column in [*values, *extras]]
             cells += [row.shown_params, _n_text(row), f"{row.wall_time_s:.1f}"]
             cells.append(f"{row.steps_per_s:.0f}" if not pd.isna(row.steps_per_s) else "")
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\nMean ± {SPREADS[settings.spread]} over the n seeds of each row's chosen hyper-parameters "
             f"(chosen by {metric.val_header}, reported on {metric.test_header}).\n")
+    if finals:
+        note += f"\n{', '.join(finals)}: each task's validation accuracy after the last task.\n"
     return "\n".join(lines) + "\n" + note
 
 
@@ -613,7 +654,7 @@ class Report:
 
 def make_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,
                 select: tuple[str, ...] = (), config_dirs: list[Path] | None = None,
-                trusted: frozenset[tuple[str, str]] = frozenset()) -> Report:
+                trusted: frozenset[tuple[str, str]] = frozenset(), columns: tuple[str, ...] = ()) -> Report:
     """Read the runs under `roots` and make their report (as `write_report`'s, without writing it)."""
     run_dirs = find_run_dirs(roots)
     where = ", ".join(map(str, roots))
@@ -621,7 +662,7 @@ def make_report(roots: list[Path], out_dir: Path, metric: str | None = None, spr
         raise FileNotFoundError(f"no cl_bench runs under {where} (no folder there holds a "
                                 f"{' or '.join(RUN_MARKERS)})")
     found = [run for run in (read_run(run_dir, config_dirs, trusted) for run_dir in run_dirs) if run is not None]
-    settings = report_settings(found, metric, spread, select)
+    settings = report_settings(found, metric, spread, select, columns)
     records = run_records(found, settings)
     if not records:
         raise FileNotFoundError(f"no readable cl_bench runs under {where}: the {len(run_dirs)} run folder(s) "
@@ -629,7 +670,11 @@ def make_report(roots: list[Path], out_dir: Path, metric: str | None = None, spr
     runs = once_per_seed(pd.DataFrame(records))
     table = score_table(runs, settings)
     jobs = job_list(runs, table, out_dir)
-    text = markdown_table(table, runs, settings) + jobs_markdown(jobs)
+    notes = ""
+    if settings.metric == "score":
+        blank_unknown_tests(table, runs, METRICS["score"].test)
+        notes = score_notes(table, runs)
+    text = markdown_table(table, runs, settings) + notes + jobs_markdown(jobs)
     statuses = Counter(runs.status)
     if len(run_dirs) > len(records):
         statuses["unreadable"] += len(run_dirs) - len(records)
@@ -638,12 +683,12 @@ def make_report(roots: list[Path], out_dir: Path, metric: str | None = None, spr
 
 def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,
                  select: tuple[str, ...] = (), config_dirs: list[Path] | None = None,
-                 trusted: frozenset[tuple[str, str]] = frozenset()) -> str:
+                 trusted: frozenset[tuple[str, str]] = frozenset(), columns: tuple[str, ...] = ()) -> str:
     """Read the runs under `roots`, write report.md, report.csv, jobs.csv and comparison.png to `out_dir`;
-    the report's text. `metric`, `spread` and `select` as `cl-bench-report`'s flags (None: the runs'
+    the report's text. `metric`, `spread`, `select` and `columns` as `cl-bench-report`'s flags (None: the runs'
     `report:` config); `config_dirs`: config folders whose targets the runs' configs may name; `trusted`:
     more targets they may name (the sweep's own config's; both as engine.saved_config.check_targets')."""
-    return write(make_report(roots, out_dir, metric, spread, select, config_dirs, trusted), out_dir).text
+    return write(make_report(roots, out_dir, metric, spread, select, config_dirs, trusted, columns), out_dir).text
 
 
 def write(report: Report, out_dir: Path) -> Report:
@@ -673,6 +718,7 @@ def write_sweep_report(config: DictConfig) -> Counter:
         spread=OmegaConf.select(config, "report.spread", default=None),
         select=tuple(OmegaConf.select(config, "report.select", default=None) or ()),
         trusted=targets_of({**OmegaConf.to_container(config, resolve=False), "hydra": None}),
+        columns=tuple(OmegaConf.select(config, "report.columns", default=None) or ()),
     ), sweep_dir)
     print(f"\nResults table ({sweep_dir / REPORT_MARKDOWN}):\n\n{report.text}")
     publish_to_wandb(config, sweep_dir)

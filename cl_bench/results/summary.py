@@ -15,26 +15,31 @@ from cl_bench.results.metrics import (
 )
 
 
-def score_summary(rows: list[dict], tasks: list[Task], accuracy: str) -> dict:
-    """Score of the `accuracy` kind over the evaluation rows of the last task (its step 0 included),
-    by task letter."""
-    letters = task_letters(len(tasks))
-    curves = [[row[f"val{ROW_PREFIX[accuracy]}/{t.name}"] for t in tasks] for row in rows]
-    window_start = next(i for i, row in enumerate(rows) if in_score_window(row["task"], len(tasks)))
+def score_summary(rows: list[dict], task_names: list[str], accuracy: str, window: str) -> dict:
+    """Score of the `accuracy` kind over the evaluation `rows` in the Score's `window` (metrics.py), by task
+    letter; its point's global and task step, and the window."""
+    curves = [[row[f"val{ROW_PREFIX[accuracy]}/{name}"] for name in task_names] for row in rows]
+    in_window = (in_score_window(row["task"], row["task_step"], len(task_names), window) for row in rows)
+    window_start = next((i for i, inside in enumerate(in_window) if inside), len(rows))
     score = peak_score(curves, window_start, [row["step"] for row in rows])
     return {
         "score": score.score,
-        "score_k": dict(zip(letters, score.per_task)),
+        "score_k": dict(zip(task_letters(len(task_names)), score.per_task)),
         "score_step": score.step,
+        "score_task_step": rows[score.row]["task_step"],
+        "score_window": window,
     }
 
 
-def result_summary(rows: list[dict], tasks: list[Task], result: SequenceResult, accuracy: str) -> dict:
-    """Every figure of a finished sequence, ready for JSON; Score, test Score, matrices and the
-    summaries of the accuracy matrix follow the `accuracy` kind (class-IL keeps both kinds' matrices
-    under `accuracy_matrices`)."""
+def result_summary(
+    rows: list[dict], tasks: list[Task], result: SequenceResult, accuracy: str, window: str
+) -> dict:
+    """Every figure of a finished sequence, ready for JSON; Score (over its `window`), test Score, matrices and
+    the summaries of the accuracy matrix follow the `accuracy` kind (class-IL keeps both kinds' matrices under
+    `accuracy_matrices`)."""
     letters = task_letters(len(tasks))
-    summary = {"accuracy": accuracy, **score_summary(rows, tasks, accuracy)}
+    names = [task.name for task in tasks]
+    summary = {"accuracy": accuracy, **score_summary(rows, names, accuracy, window)}
     best_test = result.best_test[accuracy]
     test_matrix, val_matrix = result.test_matrix[accuracy], result.val_matrix[accuracy]
     summary["score_test"] = sum(best_test) / len(best_test)
@@ -58,7 +63,7 @@ def result_summary(rows: list[dict], tasks: list[Task], result: SequenceResult, 
     if len(result.test_matrix) > 1:
         summary["accuracy_matrices"] = {
             kind: {"test": result.test_matrix[kind], "val": result.val_matrix[kind],
-                   "score": score_summary(rows, tasks, kind)["score"]}
+                   "score": score_summary(rows, names, kind, window)["score"]}
             for kind in result.test_matrix
         }
     return summary

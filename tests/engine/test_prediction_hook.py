@@ -45,7 +45,8 @@ def class_il_trainer(make_config, *overrides: str):
 
 
 def evaluator_of(trainer, method: Method) -> Evaluator:
-    return Evaluator(trainer.tasks, trainer.scenario, EVAL_BATCH, contextlib.nullcontext(), "scenario", method)
+    return Evaluator(trainer.tasks, trainer.scenario, EVAL_BATCH, contextlib.nullcontext(), "scenario", "training",
+                     method)
 
 
 def grown(trainer) -> nn.Module:
@@ -95,7 +96,7 @@ def test_a_predictor_replaces_the_logits_under_the_scenarios_masking(make_config
     model = grown(trainer)
     method = ConstantUnit(unit=1)
     evaluator = evaluator_of(trainer, method)
-    val = evaluator.val(model, 1)
+    val = evaluator.val(model, 1, 1)
     assert val == constant_accuracies(trainer, "val", 1)
     assert val != logit_accuracies(trainer, model, "val")
     assert method.built == 1  # once for the split, not per batch (EVAL_BATCH gives several)
@@ -108,13 +109,13 @@ def test_same_weights_with_another_prediction_state_are_evaluated_again(make_con
     model = grown(trainer)
     method = ConstantUnit(unit=1)
     evaluator = evaluator_of(trainer, method)
-    first = evaluator.val(model, 1)
-    assert evaluator.val(model, 1) == first and method.built == 1  # unchanged state: read back
+    first = evaluator.val(model, 1, 1)
+    assert evaluator.val(model, 1, 1) == first and method.built == 1  # unchanged state: read back
     method.unit = torch.tensor(3)
-    assert evaluator.val(model, 1) == constant_accuracies(trainer, "val", 3) != first
+    assert evaluator.val(model, 1, 1) == constant_accuracies(trainer, "val", 3) != first
     assert method.built == 2
     method.unit = torch.tensor(1)
-    assert evaluator.val(model, 1) == first and method.built == 3  # the cache holds the last state only
+    assert evaluator.val(model, 1, 1) == first and method.built == 3  # the cache holds the last state only
 
 
 def test_best_test_uses_the_snapshots_prediction_state_also_after_a_checkpoint(make_config):
@@ -126,9 +127,9 @@ def test_best_test_uses_the_snapshots_prediction_state_also_after_a_checkpoint(m
     assert mean(worse_unit) < mean(best_unit)
     method = ConstantUnit(best_unit)
     evaluator = evaluator_of(trainer, method)
-    evaluator.val(model, 1)
+    evaluator.val(model, 1, 1)
     method.unit = torch.tensor(worse_unit)  # same weights, a worse prediction state: not the best point
-    evaluator.val(model, 1)
+    evaluator.val(model, 1, 1)
     assert int(evaluator.best[1].prediction["unit"]) == best_unit
     expected = constant_accuracies(trainer, "test", best_unit)
     assert evaluator.best_test(model) == expected
@@ -151,7 +152,7 @@ def test_a_method_without_predictor_evaluates_its_logits_at_no_cost(make_config,
     model = grown(trainer)
     evaluator = evaluator_of(trainer, Baseline())
     assert evaluator.predictor is None
-    assert evaluator.val(model, 1) == logit_accuracies(trainer, model, "val")
+    assert evaluator.val(model, 1, 1) == logit_accuracies(trainer, model, "val")
     assert evaluator.test(model) == logit_accuracies(trainer, model, "test")
     assert evaluator.best_test(model) == logit_accuracies(trainer, model, "test")
     assert evaluator.state_dict()["best"]["prediction"] == {}

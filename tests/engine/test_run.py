@@ -41,7 +41,7 @@ def test_summary_score_is_the_one_its_metrics_imply(tmp_path):
     summary, run_dir = tiny_run(tmp_path)
     metrics = pd.read_json(run_dir / "metrics.jsonl", lines=True)
     columns = [c for c in metrics.columns if c.startswith("val/")]
-    window = int((metrics["task"] == 1).idxmax())
+    window = int(((metrics["task"] == 1) & (metrics["task_step"] > 0)).idxmax())  # B from its first update on
     score = peak_score(metrics[columns].values.tolist(), window, metrics["step"].tolist())
     assert summary["score"] == pytest.approx(score.score)
     assert [summary["score_k"]["A"], summary["score_k"]["B"]] == pytest.approx(score.per_task)
@@ -146,6 +146,7 @@ def test_precision_fp32_is_auto_on_cpu_and_bf16_autocasts(make_config, tmp_path)
     [
         (["method=ewc"], True),  # the method: its first task trains as the baseline's
         (["lr=1e-4", "steps=7"], True),  # the later tasks' learning rate and budget
+        (["score.window=with_start"], True),  # the Score's window: it lies in the last task
         (["threads=2", "checkpoint.every=5"], True),  # how the run is done, not what it computes
         (["scenario=class", "class_head=full"], False),  # a key that changes task A's head
         (["first_task.lr=1e-4"], False),
@@ -155,4 +156,13 @@ def test_precision_fp32_is_auto_on_cpu_and_bf16_autocasts(make_config, tmp_path)
 )
 def test_the_task_a_cache_key_changes_with_what_trains_task_a_and_nothing_else(make_config, other, shared):
     base = make_config("scenario=class") if "class_head=full" in other else make_config()
-    assert (first_task_key(make_config(*other), "cpu") == first_task_key(base, "cpu")) is shared
+    assert (first_task_key(make_config(*other), "cpu", 2) == first_task_key(base, "cpu", 2)) is shared
+
+
+def test_a_one_task_runs_cache_key_changes_with_the_score_window_and_accuracy(make_config):
+    # its only task is the last: the cached state's best point is its Score window's
+    base = make_config("scenario=class")
+    for other in (make_config("scenario=class", "score.window=with_start"),
+                  make_config("scenario=class", "accuracy=task_aware")):
+        assert first_task_key(other, "cpu", 1) != first_task_key(base, "cpu", 1)
+        assert first_task_key(other, "cpu", 2) == first_task_key(base, "cpu", 2)

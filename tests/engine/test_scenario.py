@@ -72,3 +72,14 @@ def test_a_full_class_il_head_holds_every_class_from_the_start_and_trains_over_a
 def test_a_full_head_outside_class_il_is_refused(make_config):
     with pytest.raises(ConfigError, match="class_head=full: only class-IL"):
         validate_config(make_config("class_head=full", "scenario=task"))
+
+
+@pytest.mark.parametrize(
+    ("name", "task_aware", "units"),
+    [("task", False, 3), ("domain", False, 3), ("class", False, 5), ("class", True, 3)],
+)
+def test_a_last_task_prediction_chooses_among_its_own_units_or_the_whole_head(name, task_aware, units):
+    # tasks of 2 and 3 classes: task-IL and task-aware choose among the last task's 3, domain-IL's head has
+    # max(2, 3) units, class-IL's every class's 5 (grown or full)
+    assert Scenario(name, [2, 3]).units_predicted_among(1, task_aware) == units
+    assert Scenario(name, [2, 3], "full").units_predicted_among(1, task_aware) == units

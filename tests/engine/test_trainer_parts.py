@@ -20,7 +20,7 @@ from cl_bench.engine.scenario import Scenario
 from cl_bench.engine.settings import Budget, OptimizerFactory, TrainerSettings, trainer_settings
 from cl_bench.engine.trainer import Trainer
 from cl_bench.methods.build import build_method
-from cl_bench.results.metrics import in_score_window, new_peak, peak_score
+from cl_bench.results.metrics import new_peak, peak_score
 from cl_bench.results.summary import score_summary
 from tests.helpers.config import TINY
 
@@ -60,7 +60,8 @@ def test_settings_hold_the_configs_values(make_config):
     cfg = make_config(
         "first_task.steps=null", "first_task.epochs=2", "first_task.lr=0.05", "steps=30", "lr=0.01",
         "batch_size=16", "eval_batch_size=128", "eval_every=7", "checkpoint.every=11", "seed=3",
-        "precision=fp32", "scenario=class", "accuracy=task_aware", "optimizer_state=fresh", "optimizer=sgd",
+        "precision=fp32", "scenario=class", "accuracy=task_aware", "score.window=with_start",
+        "optimizer_state=fresh", "optimizer=sgd",
     )
     assert trainer_settings(cfg) == TrainerSettings(
         batch_size=16,
@@ -74,6 +75,7 @@ def test_settings_hold_the_configs_values(make_config):
         seed=3,
         precision="fp32",
         accuracy="task_aware",
+        score_window="with_start",
         optimizer_state="fresh",
         optimizer=OptimizerFactory(cfg.optimizer),
     )
@@ -139,15 +141,19 @@ def test_the_evaluator_evaluates_a_model_state_once_and_keeps_the_best_points_te
         return compute(model, tasks, split, *args)
 
     monkeypatch.setattr(evaluator_module, "accuracies", counted)
-    evaluator = Evaluator(trainer.tasks, trainer.scenario, 1024, contextlib.nullcontext(), "scenario", trainer.method)
+    evaluator = Evaluator(
+        trainer.tasks, trainer.scenario, 1024, contextlib.nullcontext(), "scenario", "training", trainer.method
+    )
     last = len(trainer.tasks) - 1
-    val = evaluator.val(trainer.model, last)
-    assert evaluator.val(trainer.model, last) == val
+    val = evaluator.val(trainer.model, last, 1)
+    assert evaluator.val(trainer.model, last, 2) == val
     assert evaluator.best[0] == sum(val["scenario"]) / len(val["scenario"])
     test = evaluator.test(trainer.model)
     assert evaluator.best_test(trainer.model) == test and calls == ["val", "test"]
     state = evaluator.state_dict()
-    again = Evaluator(trainer.tasks, trainer.scenario, 1024, contextlib.nullcontext(), "scenario", trainer.method)
+    again = Evaluator(
+        trainer.tasks, trainer.scenario, 1024, contextlib.nullcontext(), "scenario", "training", trainer.method
+    )
     again.load_state_dict(state)
     assert again.last_val == val and again.best == evaluator.best
     assert again.best_test(trainer.model) == test and calls == ["val", "test", "test"]  # not held: evaluated
@@ -172,10 +178,11 @@ def test_the_score_rule_point_by_point_gives_the_peak_score(curves, window_start
     assert score.score == pytest.approx(sum(curves[expected_row]) / 2)
 
 
-def test_the_trainers_best_point_is_the_summarys_score(make_config):
-    cfg = make_config(TINY, "scenario=class", "accuracy=task_aware")
+@pytest.mark.parametrize("window", ["training", "with_start"])
+def test_the_trainers_best_point_is_the_summarys_score(make_config, window):
+    cfg = make_config(TINY, "scenario=class", "accuracy=task_aware", f"score.window={window}")
     rows: list[dict] = []
     trainer = make_trainer(cfg, rows)
     trainer.run()
-    assert in_score_window(1, 2) and not in_score_window(0, 2)
-    assert trainer.evaluator.best[0] == score_summary(rows, trainer.tasks, "task_aware")["score"]
+    names = [task.name for task in trainer.tasks]
+    assert trainer.evaluator.best[0] == score_summary(rows, names, "task_aware", window)["score"]

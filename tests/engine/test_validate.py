@@ -54,6 +54,7 @@ FINDINGS = [
         (["model=cnn", "model.hidden=[64]"], "model.hidden=[64]: must be an integer ≥ 1"),
         (["model=cnn", "model.channels=0"], "model.channels=0: must be an integer ≥ 1"),
         (["model=cnn", "model.input_dropout=-0.1"], "model.input_dropout=-0.1: must be a number in [0, 1)"),
+        (["score.window=all"], "score.window='all': choose one of training, with_start"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_key(make_config, overrides, message):
@@ -66,7 +67,7 @@ def test_a_bad_value_is_refused_naming_its_key(make_config, overrides, message):
     "overrides",
     [["device=cpu"], ["device=cuda:1"], ["device=mps"], ["seed=12"], ["model=cnn"], ["model=resnet18"],
      ["model=mlp400", "model.dropout=0.5"], ["model.hidden=[]"], ["optimizer=sgd", "+optimizer.nesterov=true"],
-     ["experiment=ewc_tutorial_split_mnist"], ["experiment=sorberg_permuted_mnist"]],
+     ["experiment=ewc_tutorial_split_mnist"], ["experiment=sorberg_permuted_mnist"], ["score.window=with_start"]],
 )
 def test_good_values_pass(make_config, overrides):
     validate_config(make_config(*overrides))

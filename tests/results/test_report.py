@@ -49,15 +49,24 @@ def edit_config(path: Path, key: str, value) -> None:
 
 
 def warnings_of(caplog) -> list[str]:
-    """The report's warnings, each checked to be one line."""
-    messages = [r.getMessage() for r in caplog.records if r.name == "cl_bench.results.report" and r.levelno == logging.WARNING]
+    """The report's warnings (its modules': cl_bench.results.*), each checked to be one line."""
+    messages = [r.getMessage() for r in caplog.records
+                if r.name.startswith("cl_bench.results.") and r.levelno == logging.WARNING]
     assert all("\n" not in message for message in messages), messages
     return messages
 
 
+# A two-task run's metrics rows: task a's start and end (global steps 0, 10), then task b's step 0 (the model
+# as a ended) and steps 10, 20 (global 20, 30).
+ROWS = [{"step": step, "task": task, "task_step": task_step, "val/a": 0.5, "val/b": 0.5}
+        for step, task, task_step in ((0, 0, 0), (10, 0, 10), (10, 1, 0), (20, 1, 10), (30, 1, 20))]
+
+
 def fake_run(folder: Path, *overrides: str, score=0.5, test=0.4, final=(0.6, 0.6), final_val=(0.6, 0.6),
-             status="ok", version: str | None = __version__, error="NonFiniteLoss: the loss became NaN") -> None:
-    """A finished run folder: the composed config of `overrides` and a summary with these results."""
+             status="ok", version: str | None = __version__, error="NonFiniteLoss: the loss became NaN",
+             window: str | None = "training", score_step=20, rows=ROWS) -> None:
+    """A finished run folder: the composed config of `overrides`, a summary with these results (its Score over
+    `window`; None: a summary made before score.window existed) and metrics `rows`."""
     write_config(folder, overrides)
     config = OmegaConf.load(folder / ".hydra" / "config.yaml")
     summary = {"status": status, "method": config.method.label, "lr": config.lr, "seed": config.seed,
@@ -65,13 +74,15 @@ def fake_run(folder: Path, *overrides: str, score=0.5, test=0.4, final=(0.6, 0.6
                "steps_per_s": 100.0, "versions": {"cl_bench": version} if version else {}}
     if status == "ok":
         summary.update(score=score, score_k={"A": score - 0.1, "B": score + 0.1}, score_test=test,
+                       score_step=score_step, accuracy="scenario", tasks=["a", "b"],
                        accuracy_matrix=[[0.9, 0.0], list(final)], val_accuracy_matrix=[[0.9, 0.0], list(final_val)],
                        average_final_accuracy=sum(final) / len(final))
+        if window is not None:
+            summary.update(score_window=window, score_task_step=score_step - 10)
     elif error:
         summary["error"] = error
     (folder / "summary.json").write_text(json.dumps(summary))
-    rows = [{"step": s, "task": int(s >= 10), "val/a": 0.5, "val/b": 0.5} for s in (0, 10, 20)]
-    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 class Sweep:
@@ -477,3 +488,73 @@ def test_jobs_without_a_result_are_named_with_their_overrides(sweep, tmp_path):
     assert jobs.overrides[1] == "method=kd lr=0.01 seed=1" and "NonFiniteLoss" in jobs.error[1]
     write_report([sweep.root], tmp_path / "elsewhere")
     assert read_report_csv(tmp_path / "elsewhere" / "jobs.csv").job[1] == str(sweep.root / "1")
+
+
+def rows_with_b(*points: tuple[float, float]) -> list[dict]:
+    """Metrics rows: task a trained to 0.9 (b untrained, 0.1), then task b's step 0 (the same model) and one row
+    per (a, b) of `points` at task b's steps 10, 20, ..."""
+    rows = [{"step": 0, "task": 0, "task_step": 0, "val/a": 0.1, "val/b": 0.1},
+            {"step": 10, "task": 0, "task_step": 10, "val/a": 0.9, "val/b": 0.1},
+            {"step": 10, "task": 1, "task_step": 0, "val/a": 0.9, "val/b": 0.1}]
+    return rows + [{"step": 10 + 10 * i, "task": 1, "task_step": 10 * i, "val/a": a, "val/b": b}
+                   for i, (a, b) in enumerate(points, start=1)]
+
+
+def made_before_score_window(folder: Path) -> None:
+    """The run's config as cl_bench wrote it before score.window: no `score`."""
+    path = folder / ".hydra" / "config.yaml"
+    config = OmegaConf.load(path)
+    del config["score"]
+    OmegaConf.save(config, path)
+
+
+def test_a_summary_made_before_score_window_is_scored_from_its_metrics_over_the_last_tasks_training(sweep):
+    # KD seed 0's Score was B's step 0 (0.9 + 0.1) / 2 = 0.5; over B's training its peak is (0.35 + 0.6) / 2 at
+    # step 30, whose model the run did not keep; EWC's was already at a training point (step 20), which stands
+    made_before_score_window(sweep.add("method=kd", "seed=0", window=None, score=0.5, score_step=10, test=0.45,
+                                       rows=rows_with_b((0.5, 0.4), (0.35, 0.6))))
+    sweep.add("method=kd", "seed=1", score=0.6, test=0.55)
+    made_before_score_window(sweep.add("method=ewc", window=None, score=0.7, score_step=20, test=0.65,
+                                       rows=rows_with_b((0.8, 0.6), (0.5, 0.5))))
+    text, table = sweep.report()
+    kd, ewc = row(table, "KD"), row(table, "EWC")
+    assert kd.n == 2 and kd.score == pytest.approx(((0.35 + 0.6) / 2 + 0.6) / 2)  # one experiment, one rule
+    assert kd.score_A == pytest.approx((0.35 + 0.5) / 2) and kd.score_B == pytest.approx((0.6 + 0.7) / 2)
+    assert math.isnan(kd.score_test)  # seed 1's test Score alone would stand for both seeds
+    assert (ewc.score, ewc.score_A, ewc.score_B, ewc.score_test) == pytest.approx((0.7, 0.8, 0.6, 0.65))
+    assert "| KD | 53.8% ± 8.8 | 42.5% ± 10.6 | 65.0% ± 7.1 |  |" in text
+    assert "\nTest Score unknown in KD (1 of 2 seeds): made before score.window existed" in text
+    assert "score.window=with_start" not in text and "Not informative" not in text
+
+
+def test_a_summary_made_before_score_window_without_its_metrics_keeps_its_score_and_says_its_window(sweep, caplog):
+    old = sweep.add("method=kd", "seed=0", window=None, score=0.5, score_step=10, test=0.45)
+    made_before_score_window(old)
+    (old / "metrics.jsonl").unlink()
+    sweep.add("method=kd", "seed=1", score=0.6, test=0.55)
+    text, table = sweep.report()
+    kd_old = row(table, "KD · window=with_start")
+    assert (kd_old.score, kd_old.score_test, kd_old.n) == pytest.approx((0.5, 0.45, 1))  # a rule of its own
+    assert row(table, "KD · window=training").score == pytest.approx(0.6)
+    assert "Score over the last task's points from its step 0 (score.window=with_start) in KD · window=with_start; " \
+           "from its first update on in the others.\n" in text
+    (warning,) = warnings_of(caplog)
+    assert str(old) in warning and "cannot be recomputed over score.window=training" in warning
+
+
+def test_columns_final_adds_each_tasks_final_validation_accuracy(sweep, capsys):
+    for seed, final_val in ((0, (0.2, 0.9)), (1, (0.4, 0.8))):
+        sweep.add("method=ewc", f"seed={seed}", final_val=final_val)
+    text, _ = sweep.report()
+    assert "Final" not in text  # the default table
+    report_main([str(sweep.root), "--columns", "final"])
+    text = capsys.readouterr().out
+    header = "| Technique | Val Score | Val Score_A | Val Score_B | Test Score | Final A | Final B | Best hyper-parameters"
+    assert text.startswith(header)
+    assert "| 40.0% ± 0.0 | 30.0% ± 14.1 | 85.0% ± 7.1 |  | 2 |" in text
+    assert "\nFinal A, Final B: each task's validation accuracy after the last task.\n" in text
+    table = read_report_csv(sweep.root / "report.csv")
+    assert table.val_final_A.tolist() == pytest.approx([0.3]) and table.val_final_B.tolist() == pytest.approx([0.85])
+    sweep.add("method=ewc", "seed=2", "report.columns=[finale]")
+    with pytest.raises(ValueError, match=r"report.columns=\['finale'\]: expected some of final"):
+        sweep.report()
