@@ -180,3 +180,11 @@ def test_a_stopped_sweep_records_not_run_only_where_no_run_is(tmp_path, finished
     assert (finished_run / "summary.json").read_text() == summary
     assert record_not_run(tmp_path / "new", "the sweep was stopped")
     assert json.loads((tmp_path / "new" / "summary.json").read_text())["status"] == "not_run"
+
+
+def test_a_refused_resume_puts_the_runs_own_hydra_record_back(tmp_path, finished_run):
+    """Hydra writes its record of the start into the resumed run's folder before cl_bench's checks run."""
+    hydra_config = (finished_run / ".hydra" / "config.yaml").read_text()
+    done = cl_bench(tmp_path, f"resume={finished_run}", "steps=50000")
+    assert done.returncode != 0 and "would change the experiment" in done.stderr
+    assert (finished_run / ".hydra" / "config.yaml").read_text() == hydra_config

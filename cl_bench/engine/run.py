@@ -43,6 +43,7 @@ from cl_bench.engine.run_folder import (
     check_resumable,
     load_saved_config,
     restore_hydra_files,
+    saved_config_path,
     shown,
 )
 from cl_bench.engine.saved_config import LABEL_KEYS, UnsafeConfig, targets_of
@@ -270,19 +271,20 @@ def run_experiment(
     refused before anything is written: status "refused", and no summary in any folder."""
     clock = WallClock()
     with ExitStack() as stack:
+        resumed = Path(cfg.resume).expanduser() if cfg.get("resume") else None
         try:
-            resuming = bool(cfg.get("resume"))
-            if resuming:
+            if resumed is not None:
                 cfg, run_dir = resumed_config(cfg, override_keys)
             check_folder_to_write(run_dir)
             stack.enter_context(RunLock(run_dir))
             check_claim(run_dir, cfg)
-            if resuming:  # Hydra's record of this start in the run's folder: the run's own again
-                restore_hydra_files(run_dir)
         except Exception as error:  # noqa: BLE001 (any refusal: a one-line message, nothing written)
             if figure is not None:
                 figure.close()
             return {"status": "refused", "error": f"{error}"}
+        finally:
+            if resumed is not None and saved_config_path(resumed).is_file():
+                restore_hydra_files(resumed)  # Hydra's record of this start in the run's folder: the run's own again
         return run_in_folder(cfg, run_dir, figure or CurveFigure(), clock)
 
 

@@ -171,7 +171,7 @@ def bind(run_dir: Path, config: DictConfig) -> None:
 def restore_hydra_files(run_dir: Path) -> None:
     """Put the run's own config and Hydra files back into `.hydra/`, if Hydra rewrote it."""
     hydra_dir = run_dir / HYDRA_RECORD
-    if not hydra_dir.is_dir():
+    if not hydra_dir.is_dir() or hydra_dir.is_symlink():
         return
     copy_file(saved_config_path(run_dir), hydra_dir / CONFIG_FILE)
     for name in HYDRA_FILES:
