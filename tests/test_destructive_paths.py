@@ -75,7 +75,8 @@ def test_resume_into_its_own_folder_keeps_the_run(tmp_path, finished_run):
     """`resume=r2 hydra.run.dir=r2` removed the run's checkpoints, metrics and summary, and exited 0."""
     (finished_run / "mine.txt").write_text(MINE)  # a note the user keeps beside the run's files
     metrics, summary = (finished_run / "metrics.jsonl").read_text(), json.loads((finished_run / "summary.json").read_text())
-    done = cl_bench(tmp_path, f"resume={finished_run}", f"hydra.run.dir={finished_run}")
+    command = [sys.executable, "-m", "cl_bench.cli.app", "resume=run", "hydra.run.dir=run"]  # as typed: relative
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert (finished_run / "mine.txt").read_text() == MINE
     assert (finished_run / "metrics.jsonl").read_text() == metrics
