@@ -12,19 +12,19 @@ accumulate (separate terms vs online running sums, `penalty`). One torch thread 
 from __future__ import annotations
 
 import argparse
-import operator
+import contextlib
 import os
 import statistics
 import time
 from collections.abc import Callable
-from functools import reduce
 
 import torch
 from torch import nn
 
+from cl_bench.core.scenario import Scenario
 from cl_bench.data.task import Task, TensorSplit
-from cl_bench.engine.scenario import Scenario
-from cl_bench.methods.base import Batch, Method, TrainContext, defined_hook
+from cl_bench.engine.step import Step
+from cl_bench.methods.base import Batch, Method, TrainContext, task_split
 from cl_bench.methods.baseline import Baseline
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.fisher import diagonal_fisher, diagonal_fisher_loop
@@ -81,7 +81,7 @@ def prepared_step(
     cpu = torch.device("cpu")
     for t in range(n_tasks):
         grow_head(model, scenario.n_outputs(t))
-        ctx = TrainContext(model, tasks, scenario, t, cpu, generator, batch_size)
+        ctx = TrainContext(model, tasks, scenario, t, cpu, generator, batch_size, task_split(tasks, t))
         method.before_task(ctx)
         if t < n_tasks - 1:
             with torch.no_grad():
@@ -89,8 +89,8 @@ def prepared_step(
                     p.add_(0.01 * torch.randn_like(p))
             method.after_task(ctx)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    after_backward, after_step = defined_hook(method, "after_backward"), defined_hook(method, "after_step")
-    task_ids = torch.full((len(split),), n_tasks - 1)
+    train_step = Step(method, scenario, optimizer, contextlib.nullcontext(), torch.float64)
+    task_ids = ctx.data.task_ids
     weight = method.task_loss_weight(ctx)
     sums: dict[str, torch.Tensor] = {}
     model.train()
@@ -98,23 +98,7 @@ def prepared_step(
     def step() -> None:
         index = torch.randint(0, len(split), (batch_size,), generator=generator)
         x, y = split.gather(index)
-        batch = method.extend_batch(ctx, Batch(x, y, task_ids.index_select(0, index), index))
-        logits = model(batch.x)
-        own = len(y)
-        task_loss = scenario.loss(logits[:own], batch.y[:own], batch.task_ids[:own])
-        terms = {"task": task_loss if weight == 1 else weight * task_loss}
-        terms.update(method.loss_terms(ctx, batch, logits))
-        loss = reduce(operator.add, terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if after_backward is not None:
-            after_backward(ctx, model)
-        optimizer.step()
-        if after_step is not None:
-            after_step(ctx, model)
-        terms["total"] = loss
-        for key, value in terms.items():
-            sums[key] = sums[key] + value.detach() if key in sums else value.detach().to(torch.float64)
+        train_step(ctx, Batch(x, y, task_ids.index_select(0, index), index), weight, sums)
 
     return step
 
@@ -183,7 +167,7 @@ def penalty_step_seconds(method: EWC, ctx: TrainContext, repeats: int = 15) -> f
     times = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
-        method.after_backward(ctx, ctx.model)
+        method.after_backward(ctx)
         times.append(time.perf_counter() - started)
     ctx.model.zero_grad(set_to_none=True)
     return statistics.median(times[1:])

@@ -39,6 +39,8 @@ from typing import Any
 
 from reference_loop import EWC_BATCH, EWC_LAMBDA, EWC_SAMPLES, KD_KAPPA, KD_T
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's root: tests.helpers (generated MNIST)
+
 # cl_bench is imported by the functions that use it: with --timed-runner this file is the runner's own
 # process, which must start as `cl-bench` does.
 
@@ -91,7 +93,8 @@ def generate_mnist(data_dir: Path, n_train: int = 60_000, n_test: int = 10_000) 
     """MNIST-shaped IDX files (28x28 uint8 images, labels 0-9): class prototypes under heavy noise."""
     import numpy as np
 
-    from cl_bench.data.sources import MNIST_FILES, write_idx
+    from cl_bench.data.sources import MNIST_FILES
+    from tests.helpers.data import write_idx  # (the repository's tests: the benchmarks run from a checkout)
 
     rng = np.random.default_rng(0)
     prototypes = rng.integers(0, 256, size=(10, 28, 28)).astype(np.float32)
@@ -244,7 +247,7 @@ def timed_runner(stamp: Path, overrides: list[str]) -> None:
 
 def available_cases(requested: list[str]) -> list[str]:
     """Requested cases whose method config exists (always `default`)."""
-    from cl_bench import CONFIG_DIR
+    from cl_bench.core.layout import CONFIG_DIR
 
     return [c for c in requested if c == "default" or (CONFIG_DIR / "method" / f"{c}.yaml").exists()]
 

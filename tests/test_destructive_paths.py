@@ -16,7 +16,7 @@ import pytest
 
 from cl_bench.core.not_run import record_not_run
 from cl_bench.engine.run import run_experiment
-from cl_bench.results.report import write_report
+from cl_bench.report.make import write_report
 from tests.helpers.cli import cl_bench
 from tests.helpers.config import TINY
 
@@ -74,7 +74,8 @@ def test_a_refused_resume_touches_no_folder_and_makes_none(tmp_path):
 def test_resume_into_its_own_folder_keeps_the_run(tmp_path, finished_run):
     """`resume=r2 hydra.run.dir=r2` removed the run's checkpoints, metrics and summary, and exited 0."""
     (finished_run / "mine.txt").write_text(MINE)  # a note the user keeps beside the run's files
-    metrics, summary = (finished_run / "metrics.jsonl").read_text(), json.loads((finished_run / "summary.json").read_text())
+    metrics = (finished_run / "metrics.jsonl").read_text()
+    summary = json.loads((finished_run / "summary.json").read_text())
     command = [sys.executable, "-m", "cl_bench.cli.app", "resume=run", "hydra.run.dir=run"]  # as typed: relative
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from cl_bench import CONFIG_DIR
+from cl_bench.core.layout import CONFIG_DIR
 from cl_bench.data.sources import MNIST_FILES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cl_bench import CONFIG_DIR
+from cl_bench.core.layout import CONFIG_DIR
 from cl_bench.data.sources import missing_mnist_files
-from cl_bench.results.report import read_report_csv
+from cl_bench.report.make import read_report_csv
 from tests.helpers.cli import cl_bench
 from tests.helpers.config import compose_config
 

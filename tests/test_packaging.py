@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cl_bench import CONFIG_DIR
+from cl_bench.core.layout import CONFIG_DIR
 
 tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
 

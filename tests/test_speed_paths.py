@@ -14,8 +14,8 @@ import torch
 
 from cl_bench.methods.ewc import Quadratic
 from cl_bench.methods.kd import distillation_losses
-from cl_bench.results.figure_worker import CurveFigure
-from cl_bench.results.metrics_log import MetricsLog, read_metrics, write_metrics_csv
+from cl_bench.records.figure_worker import CurveFigure
+from cl_bench.records.metrics_log import MetricsLog, read_metrics, write_metrics_csv
 
 ROWS = [
     {"step": 0, "task": 0, "task_step": 0, "val/a": 0.1, "val/b": math.nan},

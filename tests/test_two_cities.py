@@ -16,9 +16,9 @@ from PIL import Image
 
 from cl_bench.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from cl_bench.data.sequences import build_task_sequence
-from cl_bench.engine.checkpoint import load_checkpoint
 from cl_bench.engine.first_task_cache import first_task_key
 from cl_bench.engine.run import run_experiment
+from cl_bench.records.checkpoint import load_checkpoint
 from tests.helpers.config import compose_config
 from tests.helpers.data import save_coloured_picture
 

@@ -114,7 +114,7 @@ def only_run(folder: Path) -> Path:
 
 def test_the_installed_wheel_runs_the_main_job_with_the_configs_it_ships(installed, user_folder):
     bin_dir, env = installed
-    where = run([str(bin_dir / "python"), "-c", "import cl_bench; print(cl_bench.__file__, cl_bench.CONFIG_DIR)"],
+    where = run([str(bin_dir / "python"), "-c", "import cl_bench; from cl_bench.core.layout import CONFIG_DIR; print(cl_bench.__file__, CONFIG_DIR)"],
                 user_folder, env)
     assert where.returncode == 0, where.stderr
     module, configs = where.stdout.split()

@@ -29,12 +29,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench import CONFIG_PACKAGE, __version__
 from cl_bench.cli.optuna_study import default_study_name
-from cl_bench.core.layout import ERROR_FILE, FAILED_SCORE, SUMMARY_FILE
+from cl_bench.core.layout import CONFIG_PACKAGE, ERROR_FILE, FAILED_SCORE, SUMMARY_FILE
+from cl_bench.core.version import VERSION
 
 if not OmegaConf.has_resolver("cl_bench_version"):  # `${cl_bench_version:}` in the --help text
-    OmegaConf.register_new_resolver("cl_bench_version", lambda: __version__)
+    OmegaConf.register_new_resolver("cl_bench_version", lambda: VERSION)
 if not OmegaConf.has_resolver("cl_bench_study"):  # an Optuna search's default study name (optuna_score.yaml)
     OmegaConf.register_new_resolver("cl_bench_study", default_study_name)
 
@@ -104,7 +104,7 @@ def figure_helper():
     signal every process of the job (the USR2 before a time limit, submitit's cue to requeue, too), and
     the helper must outlive the signal that asks the run to stop, to draw its figure (it ends by itself
     when this process ends)."""
-    from cl_bench.results.figure_worker import CurveFigure
+    from cl_bench.records.figure_worker import CurveFigure
 
     if threading.current_thread() is not threading.main_thread():
         return CurveFigure()

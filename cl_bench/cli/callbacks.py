@@ -9,31 +9,13 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections import Counter
-from pathlib import Path
 from typing import Any, Callable
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.core.layout import HYDRA_RECORD
-from cl_bench.core.status import NOT_OK
-from cl_bench.errors import one_line
-
-SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-
-
-def exit_message(config: DictConfig, statuses: Counter) -> str | None:
-    """Why the sweep exits non-zero, or None. A grid sweep fails when any job did not end ok; a search
-    (Optuna) only when it was stopped, since failed trials are part of a search."""
-    searched = config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER
-    counted = ("interrupted", "cancelled", "not_run") if searched else NOT_OK
-    bad = {status: statuses[status] for status in counted if statuses[status]}
-    if not bad:
-        return None
-    listed = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in bad.items())
-    return f"cl-bench: {sum(bad.values())} of {sum(statuses.values())} jobs did not end ok ({listed}); see the report"
+from cl_bench.cli.plugins import GRID_SWEEPER, OPTUNA_SWEEPER, SLURM_LAUNCHER
+from cl_bench.core.errors import one_line
 
 
 def ends_in_one_line(hook: Callable[..., None]) -> Callable[..., None]:
@@ -45,7 +27,7 @@ def ends_in_one_line(hook: Callable[..., None]) -> Callable[..., None]:
     def guarded(self: Callback, config: DictConfig, **kwargs: Any) -> None:
         from cl_bench.cli.folders import Refused
         from cl_bench.cli.optuna_study import OtherExperiment
-        from cl_bench.engine.run_folder import ForeignFolder, NotResumable
+        from cl_bench.records.run_folder import ForeignFolder, NotResumable
 
         try:
             hook(self, config, **kwargs)
@@ -83,7 +65,7 @@ class SweepCallback(Callback):
             from cl_bench.cli.slurm_launcher import use_for_slurm_multiruns  # submitit: only for SLURM sweeps
 
             use_for_slurm_multiruns()
-        from cl_bench.cli.sweep_check import GRID_SWEEPER, job_overrides, refused_jobs
+        from cl_bench.cli.sweep_check import job_overrides, refused_jobs
 
         if config.hydra.sweeper.get("_target_") == GRID_SWEEPER and not job_overrides(config):
             sys.exit("cl-bench: the sweep has no job (its values make no combination, e.g. seed='range(0,0)'); "
@@ -98,15 +80,8 @@ class SweepCallback(Callback):
 
     @ends_in_one_line
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from cl_bench.results.report import write_sweep_report
+        from cl_bench.cli.sweep_end import finish_sweep
 
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        if next(sweep_dir.rglob(HYDRA_RECORD), None) is None:
-            sys.exit(f"cl-bench: the sweep ran no job (its values make no combination); nothing in {sweep_dir}")
-        try:
-            statuses = write_sweep_report(config)
-        except (FileNotFoundError, ValueError) as error:
-            sys.exit(f"cl-bench: the sweep's jobs ended without a report: {one_line(error)}")
-        message = exit_message(config, statuses)
+        message = finish_sweep(config)
         if message:
             sys.exit(message)

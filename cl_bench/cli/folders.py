@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cl_bench.core.layout import SWEEP_RECORD
-from cl_bench.engine.run_folder import check_folder_to_write, check_resumable, foreign_entries
+from cl_bench.records.run_folder import check_folder_to_write, check_resumable, foreign_entries
 
 
 class Refused(ValueError):

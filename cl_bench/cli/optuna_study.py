@@ -19,7 +19,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.results.experiment_keys import differing_keys, experiment_identity
+from cl_bench.core.experiment import differing_keys, experiment_identity
 
 IDENTITY_ATTR = "cl_bench_search"  # the study's user attribute holding the search's identity (JSON)
 HASH_LENGTH = 10

@@ -1,12 +1,13 @@
-"""`cl-bench-report`: the Score table of run and multirun folders (cl_bench.results.report)."""
+"""`cl-bench-report`: the Score table of run and multirun folders (cl_bench.report.make)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cl_bench.errors import one_line
-from cl_bench.results.report import COLUMNS, METRICS, SPREADS, write_report
+from cl_bench.core.errors import one_line
+from cl_bench.report.make import write_report
+from cl_bench.report.settings import COLUMNS, METRICS, SPREADS
 
 
 def main(argv: list[str] | None = None) -> None:

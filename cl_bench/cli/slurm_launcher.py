@@ -37,7 +37,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import OmegaConf, open_dict, read_write
 
-from cl_bench.cli.callbacks import SLURM_LAUNCHER
+from cl_bench.cli.plugins import SLURM_LAUNCHER
 from cl_bench.core.files import read_data
 from cl_bench.core.layout import FAILED_SCORE, SUMMARY_FILE
 from cl_bench.core.not_run import record_not_run

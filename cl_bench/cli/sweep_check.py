@@ -13,9 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cl_bench.engine.run_folder import ForeignFolder, check_folder_to_write, load_saved_config, mismatch, summarised
-
-GRID_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+from cl_bench.cli.plugins import GRID_SWEEPER
+from cl_bench.records.run_folder import ForeignFolder, check_folder_to_write, load_saved_config, mismatch, summarised
 
 
 def job_overrides(config: DictConfig) -> list[list[str]]:

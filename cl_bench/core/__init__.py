@@ -1,1 +1,3 @@
-"""The low layer: what every other part of cl_bench shares and that imports nothing of cl_bench's."""
+"""The low layer, importing nothing of cl_bench's: errors, the names of the files runs write, files written
+atomically and read back as data, job statuses, the experiment identity, the Score and accuracy kinds,
+scenarios, per-sample gradients and the op-saving helpers, the saved state's format, the version."""

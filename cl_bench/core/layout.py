@@ -3,6 +3,13 @@ Defined once here, imported wherever a file is written or read."""
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
+# The configs: conf/ of the repository, installed inside the package.
+CONFIG_PACKAGE = "cl_bench.conf"
+CONFIG_DIR = Path(str(resources.files(CONFIG_PACKAGE)))
+
 # A run folder.
 STATE_DIR = ".cl_bench"  # the run's own records: its config, Hydra's files of its first start, lock, W&B id
 CONFIG_FILE = "config.yaml"  # in STATE_DIR (the run's config) and in HYDRA_RECORD (Hydra's of the latest start)

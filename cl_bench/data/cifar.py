@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.data.sources import LabelledImages
-from cl_bench.errors import ConfigError
 
 
 def cifar10(

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.data.sources import LabelledImages, stratified_take
 from cl_bench.data.task import Task, TensorSplit
-from cl_bench.errors import ConfigError
 
 ORDERS = ("fixed", "random")
 SPLITS = ("train", "val", "test")

@@ -9,7 +9,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,15 +62,6 @@ def read_idx(path: Path) -> Tensor:
         raise ValueError(f"{path}: {len(data) - start} bytes of data where its header's shape {list(shape)} "
                          f"needs {math.prod(shape)} (the file is cut or padded)")
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=start).view(*shape)
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """`array` (values 0-255) as an IDX file of unsigned bytes, what `read_idx` reads: MNIST-shaped
-    files for the tests and the benchmarks."""
-    data = np.asarray(array, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, 0x08, data.ndim) + b"".join(struct.pack(">I", d) for d in data.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(header + data.tobytes())
 
 
 def mnist(root: str, download: bool = False) -> LabelledImages:

@@ -80,11 +80,6 @@ class TensorSplit:
         for start in range(0, len(self), batch_size):
             yield self._permute(self.x[start : start + batch_size]), self.y[start : start + batch_size]
 
-    def subset(self, index: Tensor) -> "TensorSplit":
-        """A new split of the examples at `index` (same permutation)."""
-        index = index.to(self.y.device)
-        return TensorSplit(self.x[index], self.y[index], self.pixel_permutation)
-
 
 class ConcatSplit:
     """Several splits seen as one (joint training); `task_ids` gives each example's task."""

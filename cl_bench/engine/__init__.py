@@ -1,4 +1,4 @@
-"""The engine: one run from a composed config (run), its folder's records and lock (run_folder), the
-training loop over tasks and steps (trainer) with its evaluation, state and task-A cache parts,
-scenarios, optimisers, devices, checkpoints, config validation and the safety check of saved configs.
-May import data, models, methods and results; not the command line."""
+"""The engine: one run from a composed config (run), the training loop over tasks, parts and steps (trainer,
+step) with its evaluation (evaluator, evaluation), saved state (trainer_state) and task-A cache, optimisers,
+devices, threads and config validation. Imports the low layer, data, models, methods and records; not the
+report, the loggers or the command line."""

@@ -12,20 +12,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from cl_bench.core.accuracy import TASK_AWARE, accuracy_kinds
+from cl_bench.core.scenario import Scenario
 from cl_bench.data.task import Task
-from cl_bench.engine.scenario import Scenario
 
-SCENARIO, TASK_AWARE = "scenario", "task_aware"
-ACCURACIES = (SCENARIO, TASK_AWARE)
-# The metrics-row prefix of each accuracy: val/<task>, val_task_aware/<task>.
-ROW_PREFIX = {SCENARIO: "", TASK_AWARE: "_task_aware"}
 # A batch of inputs → one score per output unit (the argmax is the prediction).
 Predict = Callable[[Tensor], Tensor]
-
-
-def accuracy_kinds(scenario: Scenario) -> tuple[str, ...]:
-    """The accuracies a scenario measures: class-IL both, the others their own."""
-    return ACCURACIES if scenario.name == "class" else (SCENARIO,)
 
 
 def accuracy(
@@ -34,7 +26,7 @@ def accuracy(
 ) -> dict[str, float]:
     """Fraction of `task`'s `split` examples whose predicted unit is their label's, by accuracy kind, the
     scores being `predict`'s (default: `model`'s logits); NaN when the head has no units for the task yet."""
-    kinds = accuracy_kinds(scenario)
+    kinds = accuracy_kinds(scenario.name)
     if not scenario.evaluable(task_idx, model.head.out_features):
         return {kind: math.nan for kind in kinds}
     predict = model if predict is None else predict
@@ -63,4 +55,4 @@ def accuracies(
         predict = None if predictor is None else predictor()
         per_task = [accuracy(model, task, k, split, scenario, batch_size, predict) for k, task in enumerate(tasks)]
     model.train(was_training)
-    return {kind: [result[kind] for result in per_task] for kind in accuracy_kinds(scenario)}
+    return {kind: [result[kind] for result in per_task] for kind in accuracy_kinds(scenario.name)}

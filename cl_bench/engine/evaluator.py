@@ -1,5 +1,5 @@
 """Evaluation during training: every task's val and test accuracies of the model, each state evaluated
-once, and the Score's best point (results/metrics.py): a snapshot of the state there and its test
+once, and the Score's best point (core/score.py): a snapshot of the state there and its test
 accuracies. A state is the model's weights and, for a method that replaces the prediction (methods/base.py
 `Method.predictor`, e.g. iCaRL's nearest-mean-of-exemplars), its `prediction_state()`: two evaluations
 share results only if both are equal, and the best point's snapshot holds both."""
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cl_bench.core.scenario import Scenario
+from cl_bench.core.score import in_score_window, new_peak
 from cl_bench.data.task import Task
 from cl_bench.engine.evaluation import accuracies
-from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Method, defined_hook
-from cl_bench.results.metrics import in_score_window, new_peak
 
 Accuracies = dict[str, list[float]]  # every task's accuracy, by accuracy kind (evaluation.py)
 NO_PREDICTION_STATE: dict[str, Tensor] = {}  # the prediction state of a method that predicts with the logits
@@ -69,7 +69,7 @@ def same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 class Evaluator:
     """Evaluates models on every task of `tasks` under `autocast`, in batches of `batch_size`, with
     `method`'s predictor if it defines one (built once per split's evaluation), and follows the Score (of
-    the `accuracy` kind, over its `window`: results/metrics.py) over the val evaluations: `last_val` holds the
+    the `accuracy` kind, over its `window`: core/score.py) over the val evaluations: `last_val` holds the
     latest, `best` the peak mean of the Score's window so far and a snapshot of the state there."""
 
     def __init__(

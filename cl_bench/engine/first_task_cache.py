@@ -13,15 +13,15 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from cl_bench.engine.checkpoint import CorruptState, load_checkpoint, remove_partial_writes, save_checkpoint
+from cl_bench.core.experiment import experiment_identity
+from cl_bench.core.state_format import STATE_FORMAT
 from cl_bench.engine.trainer import Trainer
-from cl_bench.engine.trainer_state import STATE_FORMAT
-from cl_bench.results.experiment_keys import experiment_identity
-from cl_bench.results.metrics_log import MetricsLog
+from cl_bench.records.checkpoint import CorruptState, load_checkpoint, remove_partial_writes, save_checkpoint
+from cl_bench.records.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
 
-# The keys of a run's experiment (results/experiment_keys.py) that do not change its first task: the later
+# The keys of a run's experiment (core/experiment.py) that do not change its first task: the later
 # tasks' learning rate, budget and optimiser carry-over, the methods (a method whose first task trains otherwise
 # never takes it from the cache), and which accuracy the Score follows and over which window (SCORE_KEYS: the
 # window lies in the last task, so they do change the state of a run whose only task is the first, whose best
@@ -41,7 +41,7 @@ def first_task_key(cfg: DictConfig, device_type: str, n_tasks: int) -> str:
         stat = Path(cfg.init_from).expanduser().stat()
         fields["init_file"] = [stat.st_size, stat.st_mtime_ns]
     fields["device"] = device_type
-    fields["format"] = STATE_FORMAT  # what the entry holds (since 0.2: the optimiser's state too)
+    fields["format"] = STATE_FORMAT  # what the entry holds (CHANGELOG.md)
     text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -67,7 +67,7 @@ class FirstTaskCache:
                 log.info("task A loaded from %s", self.path)
                 return
             rows_before = len(self.metrics.rows)
-            trainer.train_first_task()
+            trainer.train_task(0)
             state = trainer.export_first_task_state()
             state["rows"] = self.metrics.rows[rows_before:]
             save_checkpoint(state, self.path)

@@ -3,6 +3,7 @@ folder (metrics, summary, curve figure, checkpoints). A failure is recorded, nev
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import signal
@@ -12,12 +13,14 @@ import traceback
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bench.core.errors import one_line
+from cl_bench.core.experiment import at, matches
 from cl_bench.core.files import write_json, write_text
 from cl_bench.core.layout import (
     CURVES_FIGURE,
@@ -28,12 +31,23 @@ from cl_bench.core.layout import (
     SUMMARY_FILE,
     TASKS_FILE,
 )
+from cl_bench.core.scenario import Scenario
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.data.task import Task
-from cl_bench.engine.checkpoint import CheckpointDir, load_weights_file
 from cl_bench.engine.device import device_description, device_model_options, resolve_device
 from cl_bench.engine.first_task_cache import FirstTaskCache, first_task_key
-from cl_bench.engine.run_folder import (
+from cl_bench.engine.settings import trainer_settings
+from cl_bench.engine.threads import resolve_threads
+from cl_bench.engine.trainer import StopRequested, Trainer
+from cl_bench.engine.validate import check_against_tasks, validate_config
+from cl_bench.methods.build import build_methods
+from cl_bench.models.head import grow_head
+from cl_bench.records.checkpoint import CheckpointDir, load_weights_file
+from cl_bench.records.description import describe
+from cl_bench.records.figure_worker import CurveFigure
+from cl_bench.records.metrics_log import MetricsLog, write_metrics_csv
+from cl_bench.records.provenance import git_state, versions
+from cl_bench.records.run_folder import (
     ConfigMismatch,
     NotResumable,
     RunLock,
@@ -41,72 +55,24 @@ from cl_bench.engine.run_folder import (
     check_claim,
     check_folder_to_write,
     check_resumable,
+    differences,
     load_saved_config,
     restore_hydra_files,
     saved_config_path,
-    shown,
 )
-from cl_bench.engine.saved_config import LABEL_KEYS, UnsafeConfig, targets_of
-from cl_bench.engine.scenario import Scenario
-from cl_bench.engine.settings import trainer_settings
-from cl_bench.engine.threads import resolve_threads
-from cl_bench.engine.trainer import StopRequested, Trainer
-from cl_bench.engine.validate import check_against_tasks, validate_config
-from cl_bench.errors import one_line
-from cl_bench.methods.build import build_methods, method_label
-from cl_bench.models.head import grow_head
-from cl_bench.results.experiment_keys import RUN_KEYS, changes_experiment, matches
-from cl_bench.results.figure_worker import CurveFigure
-from cl_bench.results.metrics_log import MetricsLog, write_metrics_csv
-from cl_bench.results.provenance import git_state, versions
-from cl_bench.results.summary import result_summary
+from cl_bench.records.saved_config import LABEL_KEYS, UnsafeConfig, targets_of
+from cl_bench.records.summary import result_summary
 
 log = logging.getLogger(__name__)
+ABSENT = object()  # a key the config does not hold
 
-
-
-def describe(cfg: DictConfig) -> dict:
-    """The keys a report groups and labels runs by; as many as can be read (a config that does not
-    resolve fails validation, and its summary still names what it can)."""
-    try:
-        return _description(cfg)
-    except Exception:  # noqa: BLE001
-        return {key: value for key in ("lr", "seed", "scenario")
-                if isinstance(value := OmegaConf.select(cfg, key, throw_on_resolution_failure=False), (int, float, str))}
-
-
-def _description(cfg: DictConfig) -> dict:
-    nodes = {"method": cfg.method, **{f"plus.{name}": node for name, node in (cfg.get("plus") or {}).items()}}
-    params = {
-        name: {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("_target_", *RUN_KEYS)}
-        for name, node in nodes.items()
-    }
-    return {
-        "method": method_label(cfg),
-        "method_params": params,
-        "lr": cfg.lr,
-        "seed": cfg.seed,
-        "scenario": cfg.scenario,
-        "datasets": list(cfg.dataset.keys()),
-        "model": cfg.model._target_.rsplit(".", 1)[-1],
-    }
-
-
-def _plain_at(config: DictConfig, key: str) -> Any:
-    """The value at dotted `key`, resolved where it can be (plain containers for a node)."""
-    value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
-    if not OmegaConf.is_config(value):
-        return value
-    try:
-        return OmegaConf.to_container(value, resolve=True)
-    except Exception:  # noqa: BLE001 (e.g. a resolver of Hydra's runtime): compare as written
-        return OmegaConf.to_container(value, resolve=False)
 
 
 def resumed_config(cfg: DictConfig, override_keys: Sequence[str]) -> tuple[DictConfig, Path]:
-    """With `resume=<run folder>`: that run's own config and folder. An override given with `resume=`
-    is taken when it does not change the experiment (threads, device, checkpoint, logger, ...: the
-    keys of NON_EXPERIMENT_KEYS) or equals the saved value; any other is refused."""
+    """With `resume=<run folder>`: that run's own config and folder. The overrides given with `resume=` are
+    taken when they do not change the run (its identity, records.run_folder.run_identity, as a folder check
+    asks: threads, device, checkpoint, logger, ... change none, nor a value equal to the saved one); else the
+    resume is refused, naming what would change."""
     folder = Path(cfg.resume).expanduser()
     check_resumable(folder, cfg.resume)
     found = load_saved_config(folder, targets_of(cfg))
@@ -118,21 +84,19 @@ def resumed_config(cfg: DictConfig, override_keys: Sequence[str]) -> tuple[DictC
             f"stay readable by cl-bench-report)"
         )
     take_own_values(saved, found.literal, cfg, override_keys, folder)
-    refused = []
+    given = copy.deepcopy(saved)
     for key in override_keys:
-        if key == "resume" or _plain_at(cfg, key) == _plain_at(saved, key):
-            continue
-        if changes_experiment(key):
-            refused.append(f"{key}={shown(_plain_at(cfg, key))} (the run has {shown(_plain_at(saved, key))})")
-        else:
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
-    if refused:
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if key != "resume" and value is not ABSENT:  # (`+debug=tiny` selects a preset: no key of its name)
+            OmegaConf.update(given, key, value, merge=False, force_add=True)
+    changed = differences(saved, given)
+    if changed:
         raise ConfigMismatch(
-            f"resume={cfg.resume}: {'; '.join(refused)} would change the experiment; a resumed run keeps its "
-            f"config (only keys such as threads, device, checkpoint.*, logger may be given with resume=): "
-            f"start a new run for another config"
+            f"resume={cfg.resume}: {changed} would change the experiment; a resumed run keeps its config (only "
+            f"keys such as threads, device, checkpoint.*, logger may be given with resume=): start a new run for "
+            f"another config"
         )
-    return saved, folder
+    return given, folder
 
 
 def take_own_values(saved: DictConfig, literal: dict[str, str], cfg: DictConfig, override_keys: Sequence[str],
@@ -143,7 +107,7 @@ def take_own_values(saved: DictConfig, literal: dict[str, str], cfg: DictConfig,
     keeps its text; any other is refused, naming the key."""
     given = [key for key in override_keys if key != "resume"]
     for key, text in literal.items():
-        own = _raw_at(cfg, key)
+        own = at(OmegaConf.to_container(cfg, resolve=False), key)
         if own == text:
             OmegaConf.update(saved, key, own, merge=False)
         elif not matches(key, LABEL_KEYS) and not matches(key, given):
@@ -151,14 +115,6 @@ def take_own_values(saved: DictConfig, literal: dict[str, str], cfg: DictConfig,
                 f"resume={folder}: {key}={text} in the run's config reads outside it (the environment, the time, "
                 f"...); a saved config is read as data: give {key}=... on the command line"
             )
-
-
-def _raw_at(config: DictConfig, key: str) -> Any:
-    """The value at dotted `key` as written (interpolations unresolved), or None."""
-    tree: Any = OmegaConf.to_container(config, resolve=False)
-    for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
 
 
 @contextmanager
@@ -245,7 +201,7 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, cl
     with stop_on_signals(trainer):
         result = trainer.run(first_task)
     summary["first_task_cached"] = result.first_task_cached
-    summary.update(result_summary(metrics.rows, tasks, result, cfg.accuracy, cfg.score.window))
+    summary.update(result_summary(metrics.rows, [task.name for task in tasks], result, cfg.accuracy, cfg.score.window))
 
 
 @dataclass

@@ -46,7 +46,7 @@ class OptimizerFactory:
 class TrainerSettings:
     """The trainer's settings: the first task's and the later tasks' learning rate and budget, batch
     sizes, how often to evaluate and checkpoint, the seed, the forward precision, the accuracy kind
-    the Score follows and its window (results/metrics.py), and the optimiser (`optimizer_state`: carry | fresh)."""
+    the Score follows and its window (core/score.py), and the optimiser (`optimizer_state`: carry | fresh)."""
 
     batch_size: int
     eval_batch_size: int

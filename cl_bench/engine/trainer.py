@@ -1,37 +1,37 @@
-"""The one training loop every method runs through: tasks in sequence, steps within a task (its main
-steps, then the method's stages, e.g. a balanced fine-tuning), an evaluation of every task's val split
-every `eval_every` steps (and at each task's start, at the end of its main steps and of each stage),
-the accuracy-matrix rows at each task's end, and a checkpoint every `checkpoint_every` steps and at
-each task's end. Its parts: the settings (settings.py), evaluation and the Score's best point
-(evaluator.py), the run's saved state (trainer_state.py)."""
+"""The one training loop every method runs through: tasks in sequence; within a task, parts in sequence (part
+0 its main steps, then the method's stages, e.g. a balanced fine-tuning); within a part, steps (step.py), and
+at each evaluation or checkpoint point the boundary's work: an evaluation of every task's val split every
+`eval_every` steps (and at each task's start and each part's end), a checkpoint every `checkpoint_every` steps.
+Each task ends with the accuracy-matrix rows and a checkpoint. Its parts: the settings (settings.py), the step
+(step.py), evaluation and the Score's best point (evaluator.py), the saved state's form (trainer_state.py)."""
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from functools import reduce
+from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cl_bench.core.accuracy import ROW_PREFIX
+from cl_bench.core.scenario import Scenario
+from cl_bench.core.state_format import STATE_FORMAT
 from cl_bench.data.task import Task
-from cl_bench.engine import trainer_state
 from cl_bench.engine.device import forward_autocast
-from cl_bench.engine.evaluation import ROW_PREFIX
 from cl_bench.engine.evaluator import Evaluator
 from cl_bench.engine.optim import set_lr
-from cl_bench.engine.scenario import Scenario
-from cl_bench.engine.sequence_result import SequenceResult
 from cl_bench.engine.settings import TrainerSettings
-from cl_bench.engine.trainer_state import STATE_FORMAT, IncompatibleState  # noqa: F401 (imported from here too)
+from cl_bench.engine.step import Step, reserved_free
+from cl_bench.engine.trainer_state import SavedTask, check_format
 from cl_bench.methods.base import Batch, Method, Stage, TrainContext, TrainData, defined_hook
 from cl_bench.models.head import grow_head, reset_parameters
+from cl_bench.records.sequence_result import SequenceResult
 
 T = TypeVar("T")
+MAIN_STEPS = "main steps"  # the name of a task's part 0
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,18 +40,6 @@ class NonFiniteLoss(RuntimeError):
 
 class StopRequested(RuntimeError):
     """A signal asked the run to stop; its state was checkpointed first."""
-
-
-RESERVED_TERMS = frozenset({"task", "total"})  # the loss terms the trainer logs itself: no method may return one
-
-
-def reserved_free(terms: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A method's loss terms, checked for a name the trainer's own terms have."""
-    if not RESERVED_TERMS.isdisjoint(terms):
-        name = min(RESERVED_TERMS.intersection(terms))
-        raise ValueError(f"the method returns a loss term {name!r}; task and total are the trainer's own terms: "
-                         f"give the method's term another name")
-    return terms
 
 
 def index_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -70,33 +58,41 @@ def index_batches(n: int, batch_size: int, steps: int, generator: torch.Generato
 
 @dataclass
 class TaskRun:
-    """The state of the task being trained: its main steps (stage 0), then the method's stages 1, 2, ...
-    `step` counts the task's steps through all of them; `data`, `indices`, `start` and `end` are those of
-    the part being trained (its batches, and the task steps it begins after and ends at)."""
+    """The task being trained, as parts in order: part 0 its main steps, then the method's stages (known once
+    the main steps end). `step` counts the task's steps through all parts; `indices` are the batches of the
+    part being trained, drawn from `sampler_states[part]`; `sums` the loss terms' running sums over the `since`
+    steps since the last evaluation, `nonfinite` whether one of them was NaN or infinite."""
 
     task_idx: int
-    steps: int  # the main steps
-    data: TrainData
     task_weight: float
-    indices: list[Tensor]
-    sampler_state: Tensor  # the sampler state the main steps' batches were drawn from
+    parts: list[Stage]
+    nonfinite: Tensor
+    stages_known: bool = False
+    part: int = 0
+    sampler_states: dict[int, Tensor] = field(default_factory=dict)
+    indices: list[Tensor] = field(default_factory=list)
     step: int = 0
     since: int = 0
     sums: dict[str, Tensor] = field(default_factory=dict)
-    nonfinite: Tensor | None = None
-    stage: int = 0
-    stages: list[Stage] | None = None  # known once the main steps end
-    stage_sampler_state: Tensor | None = None  # the sampler state the stage's batches were drawn from
-    start: int = 0
-    end: int = 0
 
-    def __post_init__(self) -> None:
-        self.end = self.end or self.steps
+    @property
+    def data(self) -> TrainData:
+        return self.parts[self.part].data
+
+    @property
+    def start(self) -> int:
+        """The task step the part being trained begins after."""
+        return sum(part.steps for part in self.parts[: self.part])
+
+    @property
+    def end(self) -> int:
+        """The task step the part being trained ends at."""
+        return self.start + self.parts[self.part].steps
 
     @property
     def last_part(self) -> bool:
         """Whether the part being trained is the task's last (the stages are known and this is the last)."""
-        return self.stages is not None and self.stage == len(self.stages)
+        return self.stages_known and self.part == len(self.parts) - 1
 
 
 class Trainer:
@@ -144,12 +140,12 @@ class Trainer:
         return TrainContext(
             self.model, self.tasks, self.scenario, task_idx, self.device, self.method_generator,
             self.settings.batch_size, data if data is not None or run is None else run.data,
-            run.stage if run is not None else 0,
+            run.part if run is not None else 0,
         )
 
     def run(self, first_task: Callable[[Trainer], None] | None = None) -> SequenceResult:
         """Train every task not yet done; `first_task`, when given, replaces training task 0
-        (the task-A cache: `train_first_task`, or `import_first_task_state`)."""
+        (the task-A cache: `train_task(0)`, or `import_first_task_state`)."""
         while self.next_task < len(self.tasks):
             task_idx = self.next_task
             if self.current is None and task_idx == 0 and first_task is not None:
@@ -159,10 +155,6 @@ class Trainer:
             self.finish_task(task_idx)
         self.result.best_test = self._timed(lambda: self.evaluator.best_test(self.model))
         return self.result
-
-    def train_first_task(self) -> None:
-        """Train task 0 from its start."""
-        self.train_task(0)
 
     def export_first_task_state(self) -> dict:
         """The state after training task 0, without the method's (shared by every method whose first
@@ -179,19 +171,42 @@ class Trainer:
         for row in rows:
             self.on_eval(row)
 
+    def train_task(self, task_idx: int) -> None:
+        """Train task `task_idx` part after part (continuing a resumed task) to the end of its last."""
+        run = self.current if self.current is not None else self.start_task(task_idx)
+        while True:
+            self.train_part(run)
+            if run.part == 0:
+                self.know_stages(run)  # (a run resumed at the main steps' end took no step to learn them)
+            else:
+                set_lr(self.optimizer, self.settings.lr_of(task_idx))
+            if run.last_part:
+                return
+            self.begin_part(run, run.part + 1, self.sampler_generator.get_state())
+
     def start_task(self, task_idx: int) -> TaskRun:
-        """Grow the head (or restart the model, for a method that asks), draw the task's data and batches, let
-        the method prepare (it sees the data in its context), set up the optimiser; evaluate at step 0."""
+        """Grow the head (or restart the model, for a method that owns "model"), take the task's data, let the
+        method prepare (it sees the data in its context), set up the optimiser, draw the main steps' batches;
+        evaluate at step 0."""
         grow_head(self.model, self.scenario.n_outputs(task_idx))
-        if task_idx > 0 and self.method.restart_model:
+        if task_idx > 0 and "model" in self.method.owns:
             reset_parameters(self.model)
             self.optimizer = None
-        run = self.draw_task(task_idx, self.sampler_generator.get_state())
-        self.current = run
+        run = self.current = self.task_run(task_idx)
         self.method.before_task(self.context(task_idx))
         self._task_optimizer(task_idx)
+        self.begin_part(run, 0, self.sampler_generator.get_state())
         self.evaluate(task_idx, 0, {})
         return run
+
+    def task_run(self, task_idx: int) -> TaskRun:
+        """Task `task_idx` before any part: its data (the method's), its main steps' budget, its task-loss weight."""
+        data = self.method.train_data(self.context(task_idx))
+        data = TrainData(data.split, data.task_ids.to(self.device))
+        steps = self.settings.budget_of(task_idx).steps_for(len(data.split), self.settings.batch_size)
+        weight = self.method.task_loss_weight(self.context(task_idx, data))
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        return TaskRun(task_idx, weight, [Stage(MAIN_STEPS, data, steps)], nonfinite)
 
     def _task_optimizer(self, task_idx: int) -> None:
         """The optimiser of a task that starts: the previous one's state carried over (the head's
@@ -202,120 +217,79 @@ class Trainer:
         else:
             self.optimizer = optimizer.new(self.model.parameters(), lr)
 
-    def draw_task(self, task_idx: int, sampler_state: Tensor) -> TaskRun:
-        """The task's data, budget, task-loss weight and batches (drawn from `sampler_state`)."""
-        data = self.method.train_data(self.context(task_idx))
-        batch_size = self.settings.batch_size
-        steps = self.settings.budget_of(task_idx).steps_for(len(data.split), batch_size)
-        self.sampler_generator.set_state(sampler_state)
-        indices = list(index_batches(len(data.split), batch_size, steps, self.sampler_generator))
-        data = TrainData(data.split, data.task_ids.to(self.device))
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        weight = self.method.task_loss_weight(self.context(task_idx, data))
-        return TaskRun(task_idx, steps, data, weight, indices, sampler_state, nonfinite=nonfinite)
-
-    def train_task(self, task_idx: int) -> None:
-        """Train task `task_idx` to the end of its budget and of the method's stages (continuing a resumed task)."""
-        run = self.current if self.current is not None else self.start_task(task_idx)
-        while True:
-            ctx = self.context(task_idx)
-            self._train_part(run, ctx)
-            if run.stage > 0:
-                set_lr(self.optimizer, self.settings.lr_of(task_idx))
-            if run.stages is None:  # resumed at the main steps' end
-                run.stages = self.method_stages(ctx)
-            if run.last_part:
-                return
-            self.begin_stage(run, run.stage + 1, self.sampler_generator.get_state())
-
-    def method_stages(self, ctx: TrainContext) -> list[Stage]:
-        """The method's stages of the task (none, without a call, for a method that defines none)."""
+    def know_stages(self, run: TaskRun) -> None:
+        """The method's stages after the task's main steps, once (asked when the main steps end; a method that
+        runs no `stages` has none)."""
+        if run.stages_known:
+            return
         stages = defined_hook(self.method, "stages")
-        return [] if stages is None else list(stages(ctx))
-
-    def begin_stage(self, run: TaskRun, stage: int, sampler_state: Tensor) -> None:
-        """Make stage `stage` (1, 2, ...) of `run.stages` the part being trained: its data, its batches drawn from
-        `sampler_state`, the task steps it spans, and the optimiser at the task's learning rate × its factor."""
-        spec = run.stages[stage - 1]
-        self.sampler_generator.set_state(sampler_state)
-        indices = list(index_batches(len(spec.data.split), self.settings.batch_size, spec.steps, self.sampler_generator))
-        run.data = TrainData(spec.data.split, spec.data.task_ids.to(self.device))
-        run.indices, run.stage, run.stage_sampler_state = indices, stage, sampler_state
-        run.start = run.steps + sum(s.steps for s in run.stages[: stage - 1])
-        run.end = run.start + spec.steps
-        set_lr(self.optimizer, self.settings.lr_of(run.task_idx) * spec.lr_factor)
-
-    def _train_part(self, run: TaskRun, ctx: TrainContext) -> None:
-        """Train the part of the task `run` is in (its main steps or a stage) to its end."""
-        task_idx = run.task_idx
+        run.parts += [] if stages is None else list(stages(self.context(run.task_idx)))
+        run.stages_known = True
         self.model.train()
-        every, eval_every = self.settings.checkpoint_every, self.settings.eval_every
-        desc = f"task {task_idx} {self.tasks[task_idx].name}"
-        if run.stage > 0:
-            desc += f" {run.stages[run.stage - 1].name}"
+
+    def begin_part(self, run: TaskRun, part: int, sampler_state: Tensor) -> None:
+        """Make part `part` of the task the one being trained: its batches drawn from `sampler_state`, and a
+        stage's learning rate (the task's × its factor)."""
+        spec = run.parts[part]
+        self.sampler_generator.set_state(sampler_state)
+        run.indices = list(index_batches(len(spec.data.split), self.settings.batch_size, spec.steps,
+                                         self.sampler_generator))
+        run.part, run.sampler_states[part] = part, sampler_state
+        if part > 0:
+            run.parts[part] = Stage(spec.name, TrainData(spec.data.split, spec.data.task_ids.to(self.device)),
+                                    spec.steps, spec.lr_factor)
+            set_lr(self.optimizer, self.settings.lr_of(run.task_idx) * spec.lr_factor)
+
+    def train_part(self, run: TaskRun) -> None:
+        """Train the part of the task `run` is in to its end: step after step, the boundary's work at each
+        evaluation and checkpoint point."""
+        ctx, step = self.context(run.task_idx), self.step()
+        name = self.tasks[run.task_idx].name + ("" if run.part == 0 else f" {run.parts[run.part].name}")
         remaining = run.indices[run.step - run.start :]
-        optimizer, task_weight, model = self.optimizer, run.task_weight, self.model
-        after_backward, after_step = defined_hook(self.method, "after_backward"), defined_hook(self.method, "after_step")
-        penalty_values = defined_hook(self.method, "penalty_values")
-        started = time.perf_counter()
-        with tqdm(
-            total=run.end - run.start, initial=run.step - run.start, desc=desc,
-            disable=None, mininterval=1.0,
-        ) as progress:  # closed however the part ends
+        self.model.train()
+        with tqdm(total=run.end - run.start, initial=run.step - run.start, desc=f"task {run.task_idx} {name}",
+                  disable=None, mininterval=1.0) as progress:  # closed however the part ends
+            started = time.perf_counter()
             for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
                 index = index.to(self.device)
-                batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index))
-                with self.autocast:
-                    logits = model(batch.x)
-                    task_loss = self._task_loss(logits, batch, len(y))
-                    terms = {"task": task_loss if task_weight == 1 else task_weight * task_loss,
-                             **reserved_free(self.method.loss_terms(ctx, batch, logits))}
-                loss = reduce(operator.add, terms.values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if after_backward is not None:
-                    after_backward(ctx, model)
-                optimizer.step()
-                if after_step is not None:
-                    after_step(ctx, model)
-                terms["total"] = loss
-                for name, value in terms.items():  # running sums on the device, read at evaluation
-                    run.sums[name] = run.sums[name] + value.detach() if name in run.sums else value.detach().to(self.sum_dtype)
-                run.step += 1
-                run.since += 1
-                self.global_step += 1
-                at_eval = run.step % eval_every == 0 or run.step == run.end
+                step(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index), run.task_weight, run.sums)
+                run.step, run.since, self.global_step = run.step + 1, run.since + 1, self.global_step + 1
+                at_eval = run.step % self.settings.eval_every == 0 or run.step == run.end
+                every = self.settings.checkpoint_every
                 at_checkpoint = bool(every) and self.global_step % every == 0
                 if at_eval or at_checkpoint or self.stop_requested:
                     self.result.train_seconds += time.perf_counter() - started
                     progress.update(run.step - run.start - progress.n)
-                    penalties = {} if penalty_values is None else reserved_free(penalty_values(ctx))
-                    self._check_finite(run, penalties)
-                    if at_eval:
-                        self.result.train_steps += run.since
-                        means = {name: float(value) / run.since for name, value in run.sums.items()}
-                        if means:  # the penalties at this step's parameters; the total is the row's terms' sum
-                            means.update({name: float(value) for name, value in penalties.items()})
-                            means["total"] += sum(means[name] for name in penalties)
-                        run.sums, run.since = {}, 0
-                        self.evaluate(task_idx, run.step, means)
-                        self.model.train()
-                    if run.step == run.end and run.stages is None:  # the main steps' end: the stages that follow
-                        run.stages = self.method_stages(ctx)
-                        self.model.train()
-                    task_ends = run.step == run.end and run.last_part  # finish_task checkpoints it
-                    if (at_checkpoint and not task_ends) or self.stop_requested:
-                        self.on_checkpoint(self.state_dict())
-                    if self.stop_requested:
-                        raise StopRequested(f"stopped at global step {self.global_step}; state checkpointed")
+                    self.boundary(run, at_eval, at_checkpoint)
                     started = time.perf_counter()
 
-    def _task_loss(self, logits: Tensor, batch: Batch, n_own: int) -> Tensor:
-        """Mean cross-entropy of the task's own examples: the batch's first `n_own` (a method that
-        extends the batch, such as replay, adds its examples after them and weighs them itself)."""
-        if len(batch.y) == n_own:
-            return self.scenario.loss(logits, batch.y, batch.task_ids)
-        return self.scenario.loss(logits[:n_own], batch.y[:n_own], batch.task_ids[:n_own])
+    def step(self) -> Step:
+        """The training step under the current optimiser."""
+        return Step(self.method, self.scenario, self.optimizer, self.autocast, self.sum_dtype)
+
+    def boundary(self, run: TaskRun, at_eval: bool, at_checkpoint: bool) -> None:
+        """The work between steps at an evaluation or checkpoint point (or on a stop request): the check for a
+        non-finite loss, the row of mean losses and the evaluation, the method's stages when the main steps end,
+        the checkpoint (but at the task's end: finish_task takes it), the stop."""
+        penalty_values = defined_hook(self.method, "penalty_values")
+        penalties = {} if penalty_values is None else reserved_free(penalty_values(self.context(run.task_idx)))
+        self._check_finite(run, penalties)
+        if at_eval:
+            self.result.train_steps += run.since
+            means = {name: float(value) / run.since for name, value in run.sums.items()}
+            if means:  # the penalties at this step's parameters; the total is the row's terms' sum
+                means.update({name: float(value) for name, value in penalties.items()})
+                means["total"] += sum(means[name] for name in penalties)
+            run.sums, run.since = {}, 0
+            self.evaluate(run.task_idx, run.step, means)
+            self.model.train()
+        if run.step == run.end and run.part == 0:
+            self.know_stages(run)
+        task_ends = run.step == run.end and run.last_part
+        if (at_checkpoint and not task_ends) or self.stop_requested:
+            self.on_checkpoint(self.state_dict())
+        if self.stop_requested:
+            raise StopRequested(f"stopped at global step {self.global_step}; state checkpointed")
 
     def _check_finite(self, run: TaskRun, penalties: dict[str, Tensor]) -> None:
         """Raise if a step's loss was NaN or infinite since the last evaluation, or a closed-form penalty is
@@ -363,9 +337,54 @@ class Trainer:
         return result
 
     def state_dict(self) -> dict:
-        """Everything needed to continue this sequence exactly (tensors and plain values only)."""
-        return trainer_state.capture(self)
+        """Everything needed to continue this sequence exactly (tensors and plain values only; the keys:
+        engine/trainer_state.py)."""
+        run = self.current
+        task = None if run is None else SavedTask(
+            run.task_idx, run.step, run.since, run.sums, run.nonfinite, run.sampler_states[0], run.part,
+            run.sampler_states.get(run.part) if run.part > 0 else None,
+        )
+        return {
+            "format": STATE_FORMAT,
+            "next_task": self.next_task,
+            "global_step": self.global_step,
+            "rows_logged": self.rows_logged,
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": torch.get_rng_state(),
+            "sampler_rng": self.sampler_generator.get_state(),
+            "method_rng": self.method_generator.get_state(),
+            "result": asdict(self.result),
+            **self.evaluator.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "task": None if task is None else task.to_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from `state`."""
-        trainer_state.restore(self, state)
+        """Continue from `state` (a `state_dict`): the model's head is grown to the size the state holds; inside a
+        task, its data and batches are those it had, and the method's `resume_task` follows."""
+        check_format(state)
+        self.next_task, self.global_step = state["next_task"], state["global_step"]
+        self.rows_logged = state["rows_logged"]
+        grow_head(self.model, state["model"]["head.weight"].shape[0])
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.result = SequenceResult(**state["result"])
+        self.evaluator.load_state_dict(state)
+        self.optimizer = None
+        if state["optimizer"] is not None:
+            self.optimizer = self.settings.optimizer.new(self.model.parameters(), self.settings.lr)
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state["task"] is not None:
+            saved = SavedTask.from_state(state["task"])
+            run = self.current = self.task_run(saved.task_idx)
+            run.sampler_states[0] = saved.sampler_state
+            self.method.resume_task(self.context(run.task_idx))
+            if saved.stage > 0:  # inside a stage: the method returns its stages again (Method.stages)
+                self.know_stages(run)
+            self.begin_part(run, saved.stage, saved.stage_sampler_state if saved.stage else saved.sampler_state)
+            run.step, run.since, run.sums = saved.step, saved.since, saved.sums
+            run.nonfinite = saved.nonfinite.to(self.device)
+        self.method_generator.set_state(state["method_rng"])  # after the hooks above, which may draw from it
+        self.sampler_generator.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["rng"])

@@ -23,15 +23,16 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cl_bench.core import checks
+from cl_bench.core.accuracy import ACCURACIES, TASK_AWARE
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.scenario import CLASS_HEADS, check_scenario
+from cl_bench.core.score import SCORE_WINDOWS, TRAINING
 from cl_bench.data.sequences import check_order
 from cl_bench.data.task import Task
 from cl_bench.engine.device import PRECISIONS
-from cl_bench.engine.evaluation import ACCURACIES, TASK_AWARE
 from cl_bench.engine.optim import OPTIMIZER_STATES
-from cl_bench.engine.scenario import CLASS_HEADS, check_scenario
-from cl_bench.errors import ConfigError
 from cl_bench.models.options import check_channels_last
-from cl_bench.results.metrics import SCORE_WINDOWS, TRAINING
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Rules of the optimiser node's numeric keys (torch.optim's names), checked when present.
@@ -46,43 +47,7 @@ OPTIMIZER_FLAGS = ("nesterov", "amsgrad", "maximize")
 
 
 def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(f"{key}={value!r}: must be a positive {'integer' if kind is int else 'number'}")
-    if value <= 0:
-        raise ConfigError(f"{key}={value}: must be > 0")
-
-
-def _is_integer(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _integer(key: str, value: Any, minimum: int) -> None:
-    """An integer ≥ `minimum`."""
-    if not _is_integer(value, minimum):
-        raise ConfigError(f"{key}={value!r}: must be an integer ≥ {minimum}")
-
-
-def _is_number(value: Any, ok: Callable[[float], bool]) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and ok(value)
-
-
-def _number(key: str, value: Any, rule: str, ok: Callable[[float], bool]) -> None:
-    """A number for which `ok` holds; `rule` says which in the message."""
-    if not _is_number(value, ok):
-        raise ConfigError(f"{key}={value!r}: must be a number {rule}")
-
-
-def _flag(key: str, value: Any) -> None:
-    """True or false (not a truthy string or number)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r}: must be true or false")
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    """One of `choices`."""
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(choices)}")
+    checks.positive(key, OmegaConf.select(cfg, key), kind)
 
 
 def _budget(cfg: DictConfig, prefix: str) -> None:
@@ -151,33 +116,23 @@ def _target(prefix: str, node: DictConfig) -> Callable:
         raise ConfigError(f"{prefix}._target_={node._target_!r}: cannot be imported") from error
 
 
-def _known_keys(prefix: str, node: DictConfig, target: Callable, set_by_run: dict[str, str]) -> None:
-    """Every key of `node` but `_target_`/`_partial_` is a parameter of `target` that the run does not
-    pass itself (`set_by_run`: parameter -> what sets it)."""
-    accepted = [name for name in inspect.signature(target).parameters if name not in set_by_run]
-    for key in node:
-        if key in set_by_run:
-            raise ConfigError(f"{prefix}.{key}={node[key]}: set by {set_by_run[key]}, not in the {prefix} node")
-        if not key.startswith("_") and key not in accepted:
-            raise ConfigError(
-                f"{prefix}.{key}: {target.__name__} takes no such parameter (it takes: {', '.join(accepted)})"
-            )
-
-
 def _betas(value: Any) -> bool:
     """Adam's two decay rates, each in [0, 1)."""
-    return isinstance(value, ListConfig) and len(value) == 2 and all(_is_number(b, lambda v: 0 <= v < 1) for b in value)
+    return isinstance(value, ListConfig) and len(value) == 2 and all(
+        checks.is_number(b, lambda v: 0 <= v < 1) for b in value
+    )
 
 
 def _optimizer(node: DictConfig) -> None:
     """The optimiser node's keys are the class's, each (when present) within torch.optim's range."""
-    _known_keys("optimizer", node, _target("optimizer", node), {"params": "the model", "lr": "lr and first_task.lr"})
+    set_by_run = {"params": "the model", "lr": "lr and first_task.lr"}
+    checks.known_parameters("optimizer", node, _target("optimizer", node), set_by_run)
     for key, (rule, ok) in OPTIMIZER_NUMBERS.items():
         if key in node:
-            _number(f"optimizer.{key}", node[key], rule, ok)
+            checks.number(f"optimizer.{key}", node[key], rule, ok, finite=False)
     for key in OPTIMIZER_FLAGS:
         if key in node:
-            _flag(f"optimizer.{key}", node[key])
+            checks.flag(f"optimizer.{key}", node[key])
     if "betas" in node and not _betas(node.betas):
         raise ConfigError(f"optimizer.betas={node.betas!r}: must be two numbers, each in [0, 1)")
     if node.get("nesterov") and (node.get("momentum", 0) <= 0 or node.get("dampening", 0) != 0):
@@ -188,32 +143,32 @@ def _hidden(node: DictConfig, model: Callable) -> None:
     """`model.hidden`: a list of widths ≥ 1 for a model that takes a list (MLP), else one width ≥ 1."""
     hint = typing.get_type_hints(model.__init__ if inspect.isclass(model) else model).get("hidden")
     if typing.get_origin(hint) is not list:
-        _integer("model.hidden", node.hidden, 1)
-    elif not isinstance(node.hidden, ListConfig) or not all(_is_integer(width, 1) for width in node.hidden):
+        checks.integer("model.hidden", node.hidden, 1)
+    elif not isinstance(node.hidden, ListConfig) or not all(checks.is_integer(width, 1) for width in node.hidden):
         raise ConfigError(f"model.hidden={node.hidden!r}: must be a list of integers ≥ 1 (the hidden layers' widths)")
 
 
 def _model(node: DictConfig) -> None:
     """The model node's keys are the model's; sizes are integers ≥ 1, dropout rates in [0, 1)."""
     model = _target("model", node)
-    _known_keys("model", node, model, {"input_shape": "the data", "n_outputs": "the scenario"})
+    checks.known_parameters("model", node, model, {"input_shape": "the data", "n_outputs": "the scenario"})
     if "hidden" in node:
         _hidden(node, model)
     if "channels" in node:
-        _integer("model.channels", node.channels, 1)
+        checks.integer("model.channels", node.channels, 1)
     for key in ("dropout", "input_dropout"):
         if key in node:
-            _number(f"model.{key}", node[key], "in [0, 1)", lambda v: 0 <= v < 1)
+            checks.number(f"model.{key}", node[key], "in [0, 1)", lambda v: 0 <= v < 1, finite=False)
     if "channels_last" in node:
         check_channels_last(node.channels_last)
 
 
 def _run_keys(cfg: DictConfig) -> None:
     """The seed, the device and the first task's cache switch."""
-    _integer("seed", cfg.seed, 0)
+    checks.integer("seed", cfg.seed, 0)
     if not isinstance(cfg.device, str) or not DEVICE.fullmatch(cfg.device):
         raise ConfigError(f"device={cfg.device!r}: choose auto, cpu, cuda, cuda:N (N a GPU index) or mps")
-    _flag("first_task.cache", cfg.first_task.cache)
+    checks.flag("first_task.cache", cfg.first_task.cache)
 
 
 def _resolvable(cfg: DictConfig) -> None:
@@ -256,7 +211,9 @@ def validate_config(cfg: DictConfig) -> None:
     _plus_parts(cfg)
     missing = sorted(_missing_keys(cfg))
     if missing:
-        raise ConfigError(f"mandatory value(s) not set: {', '.join(missing)} (give them on the command line, key=value)")
+        raise ConfigError(
+            f"mandatory value(s) not set: {', '.join(missing)} (give them on the command line, key=value)"
+        )
     _resolvable(cfg)
     _finite(cfg)
     for key in ("lr", "first_task.lr"):
@@ -270,17 +227,17 @@ def validate_config(cfg: DictConfig) -> None:
     _run_keys(cfg)
     check_scenario(cfg.scenario)
     _orders(cfg)
-    _choice("optimizer_state", cfg.optimizer_state, OPTIMIZER_STATES)
-    _choice("accuracy", cfg.accuracy, ACCURACIES)
-    _choice("score.window", OmegaConf.select(cfg, "score.window"), SCORE_WINDOWS)
-    _choice("class_head", cfg.class_head, CLASS_HEADS)
+    checks.choice("optimizer_state", cfg.optimizer_state, OPTIMIZER_STATES)
+    checks.choice("accuracy", cfg.accuracy, ACCURACIES)
+    checks.choice("score.window", OmegaConf.select(cfg, "score.window"), SCORE_WINDOWS)
+    checks.choice("class_head", cfg.class_head, CLASS_HEADS)
     if cfg.class_head == "full" and cfg.scenario != "class":
         raise ConfigError(f"class_head=full: only class-IL's head can hold every class from the start (scenario={cfg.scenario})")
     if cfg.accuracy == TASK_AWARE and cfg.scenario == "domain":
         raise ConfigError("accuracy=task_aware: domain-IL has one shared label space; use accuracy=scenario")
-    if cfg.threads is not None and cfg.threads != "auto" and not _is_integer(cfg.threads, 1):
+    if cfg.threads is not None and cfg.threads != "auto" and not checks.is_integer(cfg.threads, 1):
         raise ConfigError(f"threads={cfg.threads!r}: use auto (the cores this job may use) or a positive integer")
-    _choice("precision", cfg.precision, PRECISIONS)
+    checks.choice("precision", cfg.precision, PRECISIONS)
     _optimizer(cfg.optimizer)
     _model(cfg.model)
 

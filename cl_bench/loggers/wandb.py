@@ -45,8 +45,8 @@ from wandb.sdk.lib import runid, wbauth
 
 from cl_bench.core.files import read_data, write_text
 from cl_bench.core.layout import METRICS_FILE
-from cl_bench.engine.run_folder import state_dir
 from cl_bench.loggers.base import RunLogger
+from cl_bench.records.run_folder import state_dir
 
 log = logging.getLogger(__name__)
 

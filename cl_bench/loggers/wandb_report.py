@@ -5,26 +5,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
 import wandb
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cl_bench.core.layout import COMPARISON_FIGURE, REPORT_CSV
+from cl_bench.core.layout import COMPARISON_FIGURE
 from cl_bench.loggers.wandb import WandbLogger, sweep_group
-from cl_bench.results.report import read_report_csv
 
 log = logging.getLogger(__name__)
 
 
-def publish_report(config: DictConfig, sweep_dir: Path) -> None:
-    """When the sweep logs to W&B, log its report (table and comparison figure). Never raises: the report's
-    files are written already, W&B holds a copy; a failure is one warning."""
+def publish_report(config: DictConfig, sweep_dir: Path, table: pd.DataFrame) -> None:
+    """When the sweep logs to W&B, log its report: `table` (as report.csv holds it) and the comparison figure.
+    Never raises: the report's files are written already, W&B holds a copy; a failure is one warning."""
     try:
         logger = instantiate(config.logger)
-        if not isinstance(logger, WandbLogger) or not (sweep_dir / REPORT_CSV).exists():
+        if not isinstance(logger, WandbLogger):
             return
         group = sweep_group(sweep_dir)
-        table = read_report_csv(sweep_dir / REPORT_CSV)
         run = logger.open_run(sweep_dir, "report", f"report {group}", group, {"sweep_dir": str(sweep_dir)})
         try:
             media = {"score_table": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))}

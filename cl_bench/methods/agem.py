@@ -4,10 +4,10 @@ with A-GEM")."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from cl_bench.core.per_sample_grads import trainable_parameters
 from cl_bench.data.task import Task
-from cl_bench.engine.per_sample_grads import trainable_parameters
 from cl_bench.methods.base import Method, TrainContext
 from cl_bench.methods.params import count
 from cl_bench.methods.replay import Replay
@@ -65,14 +65,14 @@ class AGEM(Method):
         pick = torch.randperm(size, generator=ctx.generator)[:m].to(memory["y"].device)
         return tuple(memory[key].index_select(0, pick).to(ctx.device) for key in ("x", "y", "task_ids"))
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_backward(self, ctx: TrainContext) -> None:
         """Replace the step's gradient by its projection when it conflicts with g_ref (no-op during task A)."""
         if not self.memory.memory:
             return
-        params = list(trainable_parameters(model).values())
+        params = list(trainable_parameters(ctx.model).values())
         x, y, task_ids = self.reference_batch(ctx)
         with torch.enable_grad():
-            loss = ctx.scenario.loss(model(x), y, task_ids)
+            loss = ctx.scenario.loss(ctx.model(x), y, task_ids)
             refs = torch.autograd.grad(loss, params, allow_unused=True)
         refs = [torch.zeros_like(p) if r is None else r for p, r in zip(params, refs)]
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]

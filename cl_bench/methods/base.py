@@ -2,9 +2,12 @@
 
 A step runs: `extend_batch` → forward → `loss_terms` → backward → `after_backward` → optimiser step →
 `after_step`. Where the trainer logs a row or checks for a non-finite loss, `penalty_values`; at evaluation,
-`predictor`. When methods are combined (methods/compose.py), their
-`after_backward` gradient edits run closed-form penalty gradients first, projections (A-GEM's) last
-(`gradient_edit_order`), so a projection sees the gradient that the optimiser will take.
+`predictor`. Every hook takes what it needs from its `TrainContext`. A method declares what it owns of a run
+(`owns`: the training data, the examples added to a batch, the prediction, the stages after a task's main
+steps, a new model per task), of which a run has one: at most one part of a combination (methods/compose.py)
+owns each. When methods are combined, their `after_backward` gradient edits run closed-form penalty
+gradients first, projections (A-GEM's) last (`gradient_edit_order`), so a projection sees the gradient that
+the optimiser will take.
 """
 
 from __future__ import annotations
@@ -15,8 +18,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cl_bench.core.scenario import SCENARIOS, Scenario
 from cl_bench.data.task import Split, Task
-from cl_bench.engine.scenario import SCENARIOS, Scenario
+
+# What a method may own of a run (`Method.owns`), each with the hooks that make it and what it means.
+OWNABLE = {
+    "train_data": (("train_data",), "chooses the training data"),
+    "batch": (("extend_batch",), "adds examples to each batch"),
+    "prediction": (("predictor", "prediction_state"), "replaces the prediction at evaluation"),
+    "stages": (("stages",), "adds training stages after a task's main steps"),
+    "model": ((), "restarts the model at every task"),
+}
+# Hooks the trainer calls only for a method that runs them (`Method.runs`): a step pays for no call it does not need.
+OPTIONAL_HOOKS = ("after_backward", "after_step", "penalty_values", "predictor", "stages")
 
 
 @dataclass
@@ -69,28 +83,39 @@ class Method:
     # Parameters (config names) a report may select the best value of by validation, e.g. EWC's
     # λ; runs that differ only in these and the seed share a row of the Score table.
     selectable: tuple[str, ...] = ()
-    # True: at every task after the first the trainer re-initialises the model and starts a new
-    # optimiser before `before_task` (a fresh model per task, e.g. the tutorial's multi-task model).
-    restart_model = False
+    # What the method owns of a run (OWNABLE's keys): a method overriding `train_data` owns "train_data", one
+    # overriding `extend_batch` "batch", `predictor` "prediction", `stages` "stages"; "model": at every task after
+    # the first the trainer re-initialises the model and starts a new optimiser before `before_task` (a fresh
+    # model per task, e.g. the tutorial's multi-task model).
+    owns: frozenset[str] = frozenset()
     # Where this method's `after_backward` runs when several methods edit the gradient (methods/compose.py):
     # 0 adds gradient terms (closed-form penalty gradients), 1 projects the gradient (A-GEM), so that a
     # projection sees the gradient the optimiser will take.
     gradient_edit_order = 0
-    # The scenarios (engine/scenario.py) the method is defined in; a run in another is refused before
+    # The scenarios (core/scenario.py) the method is defined in; a run in another is refused before
     # anything is built (methods/build.py), e.g. iCaRL's nearest-mean classifier outside class-IL.
     scenarios: tuple[str, ...] = SCENARIOS
 
+    def runs(self, hook: str) -> bool:
+        """Whether the trainer calls the optional hook `hook` (OPTIONAL_HOOKS) of this method: by default, when
+        its class overrides `Method`'s."""
+        return getattr(type(self), hook) is not getattr(Method, hook)
+
     def train_data(self, ctx: TrainContext) -> TrainData:
-        """The data the current task is trained on: by default its own training split."""
-        split = ctx.tasks[ctx.task_idx].train
-        return TrainData(split, torch.full((len(split),), ctx.task_idx, dtype=torch.long))
+        """The data the current task is trained on: by default its own training split (a method that owns
+        "train_data" returns its own)."""
+        return task_split(ctx.tasks, ctx.task_idx)
 
     def check(self, tasks: list[Task]) -> None:
         """Raise ConfigError, before any training, if the method's settings cannot work with `tasks`
         (rules that need no data are the constructor's, written with methods/params.py)."""
 
     def before_task(self, ctx: TrainContext) -> None:
-        """Called after the head has grown for the task, before its first step."""
+        """Called after the head has grown for the task, before its first step (`ctx.data` is the task's data)."""
+
+    def resume_task(self, ctx: TrainContext) -> None:
+        """Called instead of `before_task` when a run continues inside a task from a checkpoint (the method's state
+        is the checkpoint's), before its next step."""
 
     def task_loss_weight(self, ctx: TrainContext) -> float:
         """The weight of the cross-entropy on the task's own examples (1: a plain sum of terms;
@@ -106,20 +131,19 @@ class Method:
         """Extra weighted loss terms for this step, by name."""
         return {}
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
-        """After backward, before the optimiser step: may read and edit the parameters' `.grad` in place.
-        Called only if the method overrides it (`defined_hook`)."""
+    def after_backward(self, ctx: TrainContext) -> None:
+        """After backward, before the optimiser step: may read and edit `ctx.model`'s parameters' `.grad` in
+        place. Called only if the method runs it (`runs`)."""
 
-    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
-        """After the optimiser step (e.g. a path integral over the update). Called only if the method
-        overrides it (`defined_hook`)."""
+    def after_step(self, ctx: TrainContext) -> None:
+        """After the optimiser step (e.g. a path integral over the update). Called only if the method runs it
+        (`runs`)."""
 
     def penalty_values(self, ctx: TrainContext) -> dict[str, Tensor]:
         """The values, at the current parameters and without a graph, of the penalties whose gradient
         `after_backward` adds in closed form (EWC's, L2's, SI's, MAS's), already weighted, by name. A step
         computes none of them: the trainer asks for them only where it logs a row (`loss/<name>`, the value
-        at that step's parameters) or checks for a non-finite loss. Called only if the method overrides it
-        (`defined_hook`)."""
+        at that step's parameters) or checks for a non-finite loss. Called only if the method runs it (`runs`)."""
         return {}
 
     def prediction_state(self) -> dict[str, Tensor]:
@@ -130,7 +154,7 @@ class Method:
     def predictor(self, model: nn.Module, state: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
         """The function from a batch of inputs to one score per output unit, whose argmax is the prediction at
         evaluation, for a `prediction_state()` snapshot `state`: by default the model's logits. Called once
-        per evaluation, and only if the method overrides it (`defined_hook`)."""
+        per evaluation, and only if the method runs it (`runs`)."""
         return model
 
     def after_task(self, ctx: TrainContext) -> None:
@@ -153,7 +177,7 @@ class Method:
         Called when the main steps end (the model is then theirs), and again when a run resumes inside a stage: it
         must then return the same stages, so a method that computes them from the model or with `ctx.generator`
         keeps what it computed in its state. A method's step hooks may take this call as "the main steps ended".
-        Called only if the method overrides it (`defined_hook`)."""
+        Called only if the method runs it (`runs`)."""
         return []
 
 
@@ -168,8 +192,25 @@ class Stage:
     lr_factor: float = 1.0
 
 
-def defined_hook(method: Method, name: str) -> Callable[[TrainContext, nn.Module], None] | None:
-    """`method`'s bound hook `name` if its class overrides `Method`'s, else None: the trainer decides
-    once per task, so a hook a method does not define costs no call."""
-    hook = getattr(method, name)
-    return hook if getattr(hook, "__func__", None) is not getattr(Method, name) else None
+def check_ownership(method: Method) -> None:
+    """TypeError unless `method` owns (`owns`) exactly what its class's hooks make it own (OWNABLE): ownership is
+    declared, and what is declared is done."""
+    for owned, (hooks, _) in OWNABLE.items():
+        overridden = [hook for hook in hooks if getattr(type(method), hook) is not getattr(Method, hook)]
+        name = type(method).__name__
+        if overridden and owned not in method.owns:
+            raise TypeError(f"{name} overrides {overridden[0]} but does not declare owns={{{owned!r}}}")
+        if hooks and owned in method.owns and not overridden:
+            raise TypeError(f"{name} declares owns={{{owned!r}}} but overrides none of {', '.join(hooks)}")
+
+
+def task_split(tasks: list[Task], task_idx: int) -> TrainData:
+    """Task `task_idx`'s own training split, every example of that task."""
+    split = tasks[task_idx].train
+    return TrainData(split, torch.full((len(split),), task_idx, dtype=torch.long))
+
+
+def defined_hook(method: Method, name: str) -> Callable | None:
+    """`method`'s bound optional hook `name` (OPTIONAL_HOOKS) if it runs it, else None: the trainer decides once,
+    so a hook a method does not run costs no call."""
+    return getattr(method, name) if method.runs(name) else None

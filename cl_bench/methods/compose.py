@@ -8,40 +8,24 @@ The rules that make a combination one well-defined method (docs/methods.md#combi
   terms keep their own weights), so a part that weighs it 1/t (van de Ven & Tolias) does so in the combination.
 - Gradient edits (`after_backward`): by `gradient_edit_order`, closed-form penalty gradients before
   projections (A-GEM), so a projection sees the gradient the optimiser takes; in list order within one order.
-- At most one part may own each of: the training data (`train_data`, joint training, End-to-End), the
-  examples added to a batch (`extend_batch`, replay's), the prediction at evaluation (`predictor`, iCaRL's),
-  the stages after a task's main steps (`stages`, End-to-End's balanced fine-tuning) and the model's
-  restart per task. Two owners are refused before training; so is the same method twice.
+- At most one part may own each of what a run has one of (`Method.owns`, base.OWNABLE): the training data
+  (joint training, End-to-End), the examples added to a batch (replay's), the prediction at evaluation
+  (iCaRL's), the stages after a task's main steps (End-to-End's balanced fine-tuning) and the model's restart
+  per task. Two owners are refused before training; so is the same method twice.
 - Examples added to the batch (replayed) are seen by their owner's terms; the others' terms see the
   task's own examples (distillation weighs added examples 0: a recorded teacher has no output for them).
 """
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable, Iterable
 
 from torch import Tensor, nn
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.data.task import Task
-from cl_bench.errors import ConfigError
-from cl_bench.methods.base import Batch, Method, Stage, TrainContext, TrainData, defined_hook
+from cl_bench.methods.base import OWNABLE, Batch, Method, Stage, TrainContext, TrainData
 from cl_bench.methods.params import under
-
-# Hooks only one part may own (the trainer has one of each), and what owning one means.
-SINGLE_OWNER_HOOKS = {
-    "train_data": "chooses the training data",
-    "extend_batch": "adds examples to each batch",
-    "predictor": "replaces the prediction at evaluation",
-    "stages": "adds training stages after a task's main steps",
-}
-# Hooks the trainer skips when undefined: the combination defines one only if a part does.
-OPTIONAL_HOOKS = ("after_backward", "after_step", "penalty_values", "predictor", "stages")
-
-
-def defines(method: Method, name: str) -> bool:
-    """Whether `method`'s class overrides `Method.<name>`."""
-    return defined_hook(method, name) is not None
 
 
 class Combined(Method):
@@ -51,17 +35,18 @@ class Combined(Method):
         check_combination(parts)
         self.parts = parts
         self.changes_first_task = any(part.changes_first_task for part in parts.values())
-        self.restart_model = any(part.restart_model for part in parts.values())
+        self.owns = frozenset().union(*(part.owns for part in parts.values()))
         self.scenarios = tuple(s for s in Method.scenarios if all(s in part.scenarios for part in parts.values()))
-        self.owners = {hook: owner for hook in SINGLE_OWNER_HOOKS if (owner := _owner(parts, hook)) is not None}
+        self.owners = {what: part for part in parts.values() for what in part.owns}
         self.gradient_editors = sorted(
-            (part for part in parts.values() if defines(part, "after_backward")), key=lambda m: m.gradient_edit_order
+            (part for part in parts.values() if part.runs("after_backward")), key=lambda m: m.gradient_edit_order
         )
-        self.steppers = [part for part in parts.values() if defines(part, "after_step")]
+        self.steppers = [part for part in parts.values() if part.runs("after_step")]
         self.n_own = 0  # examples of the task in the step's batch (extend_batch), before any added ones
-        for hook in OPTIONAL_HOOKS:  # undefined in every part: Method's, which the trainer never calls
-            if not any(defines(part, hook) for part in parts.values()):
-                setattr(self, hook, types.MethodType(getattr(Method, hook), self))
+
+    def runs(self, hook: str) -> bool:
+        """A combination runs an optional hook when a part does."""
+        return any(part.runs(hook) for part in self.parts.values())
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         owner = self.owners.get("train_data")
@@ -79,6 +64,10 @@ class Combined(Method):
         for part in self.parts.values():
             part.before_task(ctx)
 
+    def resume_task(self, ctx: TrainContext) -> None:
+        for part in self.parts.values():
+            part.resume_task(ctx)
+
     def task_loss_weight(self, ctx: TrainContext) -> float:
         weight = 1.0
         for part in self.parts.values():
@@ -88,35 +77,35 @@ class Combined(Method):
     def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
         """The owner's extension; the batch's own examples are its first `n_own` (the trainer's rule)."""
         self.n_own = len(batch.y)
-        owner = self.owners.get("extend_batch")
+        owner = self.owners.get("batch")
         return owner.extend_batch(ctx, batch) if owner else batch
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
         """Every part's terms; a part that did not extend the batch sees only its own examples."""
-        owner, n = self.owners.get("extend_batch"), self.n_own
+        owner, n = self.owners.get("batch"), self.n_own
         own = (batch, logits) if n == len(batch.y) else (own_examples(batch, n), logits[:n])
         return _distinct_terms(
             (name, part.loss_terms(ctx, *((batch, logits) if part is owner else own)))
             for name, part in self.parts.items()
         )
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_backward(self, ctx: TrainContext) -> None:
         for part in self.gradient_editors:
-            part.after_backward(ctx, model)
+            part.after_backward(ctx)
 
-    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_step(self, ctx: TrainContext) -> None:
         for part in self.steppers:
-            part.after_step(ctx, model)
+            part.after_step(ctx)
 
     def penalty_values(self, ctx: TrainContext) -> dict[str, Tensor]:
         return _distinct_terms((name, part.penalty_values(ctx)) for name, part in self.parts.items())
 
     def prediction_state(self) -> dict[str, Tensor]:
-        owner = self.owners.get("predictor")
+        owner = self.owners.get("prediction")
         return owner.prediction_state() if owner else {}
 
     def predictor(self, model: nn.Module, state: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
-        return self.owners["predictor"].predictor(model, state)
+        return self.owners["prediction"].predictor(model, state)
 
     def stages(self, ctx: TrainContext) -> list[Stage]:
         return self.owners["stages"].stages(ctx)
@@ -151,10 +140,6 @@ def _distinct_terms(named_terms: Iterable[tuple[str, dict[str, Tensor]]]) -> dic
     return terms
 
 
-def _owner(parts: dict[str, Method], hook: str) -> Method | None:
-    return next((part for part in parts.values() if defines(part, hook)), None)
-
-
 def check_combination(parts: dict[str, Method]) -> None:
     """ConfigError unless `parts` can run together under the module's rules."""
     seen: dict[type, str] = {}
@@ -162,11 +147,11 @@ def check_combination(parts: dict[str, Method]) -> None:
         if type(part) in seen:
             raise ConfigError(f"{seen[type(part)]} and {name} are both {type(part).__name__}: combine a method once")
         seen[type(part)] = name
-    for hook, what in SINGLE_OWNER_HOOKS.items():
-        owners = [name for name, part in parts.items() if defines(part, hook)]
+    for owned, (_, what) in OWNABLE.items():
+        owners = [name for name, part in parts.items() if owned in part.owns]
         if len(owners) > 1:
             raise ConfigError(f"{owners[0]} and {owners[1]} both {what}: combine at most one such method")
-    restarting = [name for name, part in parts.items() if part.restart_model]
+    restarting = [name for name, part in parts.items() if "model" in part.owns]
     if restarting and len(parts) > 1:
         raise ConfigError(f"{restarting[0]} restarts the model at every task: it cannot be combined with other methods")
     scenarios = [s for s in Method.scenarios if all(s in part.scenarios for part in parts.values())]

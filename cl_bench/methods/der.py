@@ -67,6 +67,7 @@ class DER(Method):
 
     changes_first_task = True
     selectable = ("alpha",)
+    owns = frozenset({"batch"})
 
     def __init__(self, buffer_size: int = 200, alpha: float = 0.2, beta: float = 0.0, buffer_batch_size: int | None = None):
         self.buffer_size = count("buffer_size", buffer_size)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import reduce
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cl_bench.data.task import Task
 from cl_bench.methods.base import Method, TrainContext
@@ -124,10 +124,10 @@ class EWC(Method):
         """grad += the penalty's gradient 2λ·Σ_j F_j(θ − θ*_j), in place."""
         self.summed().add_gradient(params, self.lambda_)
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_backward(self, ctx: TrainContext) -> None:
         """Add the penalty's gradient (none before the first task has ended)."""
         if self.terms:
-            self.add_penalty_gradient(dict(model.named_parameters()))
+            self.add_penalty_gradient(dict(ctx.model.named_parameters()))
 
     def penalty_values(self, ctx: TrainContext) -> dict[str, Tensor]:
         """The penalty at the current parameters (none before the first task has ended)."""

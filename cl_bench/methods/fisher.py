@@ -12,7 +12,7 @@ p = softmax(scenario.restrict(logits, task_ids)), the model in eval mode. The la
   pass per class that has non-zero probability for some example of the batch.
 
 `diagonal_fisher_loop` is the definition, one backward pass per example; `diagonal_fisher` gives the
-same from one batched backward pass per label pass (`cl_bench.engine.per_sample_grads`) and falls
+same from one batched backward pass per label pass (`cl_bench.core.per_sample_grads`) and falls
 back to the loop, with a warning, for a model that route does not cover.
 """
 
@@ -25,9 +25,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from cl_bench.core.per_sample_grads import fast_path_gap, hooks_agree, squared_grad_sums, trainable_parameters
+from cl_bench.core.scenario import Scenario
 from cl_bench.data.task import Split
-from cl_bench.engine.per_sample_grads import fast_path_gap, hooks_agree, squared_grad_sums, trainable_parameters
-from cl_bench.engine.scenario import Scenario
 
 LABELS = ("empirical", "sample", "argmax", "expected")
 

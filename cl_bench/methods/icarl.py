@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cl_bench.engine.scenario import Scenario
-from cl_bench.methods.base import Batch, TrainContext, TrainData
+from cl_bench.core.scenario import Scenario
+from cl_bench.methods.base import Batch, TrainContext
 from cl_bench.methods.kd import LazyTeacher, old_model_state
 from cl_bench.methods.replay import FEATURE_BATCH_SIZE, Replay
 
@@ -70,6 +70,7 @@ class ICaRL(Replay):
 
     changes_first_task = True
     scenarios = ("class",)
+    owns = frozenset({"batch", "prediction"})
 
     def __init__(self, memory_size: int = 200, replay_batch_size: int | None = None):
         super().__init__(memory_size, "herding", replay_batch_size)
@@ -85,11 +86,10 @@ class ICaRL(Replay):
             n_old = ctx.scenario.units_existing_before(ctx.task_idx)
             self.teacher.build(ctx.model, old_model_state(ctx.model, n_old), ctx.device)
 
-    def train_data(self, ctx: TrainContext) -> TrainData:
-        """The task's own split. The trainer asks for it when a task starts and when a run resumes inside one:
-        iCaRL then notes the task being trained, whose classes evaluation selects exemplars of."""
+    def resume_task(self, ctx: TrainContext) -> None:
+        """A run continues inside a task: iCaRL notes the task being trained, whose classes evaluation selects
+        exemplars of (as `before_task` does)."""
         self._follow(ctx)
-        return super().train_data(ctx)
 
     def _follow(self, ctx: TrainContext) -> None:
         self.live, self.scenario = ctx, ctx.scenario

@@ -17,7 +17,7 @@ class Joint(Method):
     """
 
     def __init__(self, restart: bool = False):
-        self.restart_model = flag("restart", restart)
+        self.owns = frozenset({"train_data", "model"} if flag("restart", restart) else {"train_data"})
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         seen = list(range(ctx.task_idx + 1))

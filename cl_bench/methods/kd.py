@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
+from cl_bench.core.fewer_ops import columns, mean, sum_of
 from cl_bench.data.task import Split
-from cl_bench.engine.fewer_ops import columns, mean, sum_of
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.params import choice, flag, number
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cl_bench.core.per_sample_grads import trainable_parameters
 from cl_bench.data.task import Split, Task
-from cl_bench.engine.per_sample_grads import trainable_parameters
 from cl_bench.methods.base import Method, TrainContext
 from cl_bench.methods.fisher import eval_mode
 from cl_bench.methods.params import count, number, within_tasks
@@ -85,10 +85,10 @@ class MAS(Method):
         with torch.no_grad():
             return {self.loss_name: self.lambda_ * self.term.value(dict(ctx.model.named_parameters()))}
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_backward(self, ctx: TrainContext) -> None:
         """Add the penalty's gradient (none during task A)."""
         if self.term is not None:
-            self.term.add_gradient(dict(model.named_parameters()), self.lambda_)
+            self.term.add_gradient(dict(ctx.model.named_parameters()), self.lambda_)
 
     def state_dict(self) -> dict:
         return {"terms": [] if self.term is None else [self.term.state()], "sample_counts": list(self.sample_counts)}

@@ -1,15 +1,15 @@
-"""Checks of a method's constructor arguments, the one place a method parameter is checked: each bad
-value a ConfigError naming `method.<key>`, raised when the method is built, before any data is read.
+"""Checks of a method's constructor arguments: each bad value a ConfigError naming `method.<key>` (the rules are
+core/checks.py's), raised when the method is built, before any data is read.
 What depends on the data is the method's `check(tasks)`. A method combined under `plus` has its errors
 renamed to its own keys (`under`)."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 
-from cl_bench.errors import ConfigError
+from cl_bench.core import checks
+from cl_bench.core.errors import ConfigError
 
 
 def under(prefix: str, error: ConfigError) -> ConfigError:
@@ -19,34 +19,22 @@ def under(prefix: str, error: ConfigError) -> ConfigError:
 
 def number(key: str, value: float, rule: str, ok: Callable[[float], bool]) -> float:
     """A finite number for which `ok` holds; `rule` says which in the message."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ConfigError(f"method.{key}={value!r}: must be a finite number {rule}")
-    return float(value)
+    return checks.number(f"method.{key}", value, rule, ok)
 
 
 def count(key: str, value: int) -> int:
     """An integer ≥ 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"method.{key}={value!r}: must be an integer ≥ 1")
-    return value
+    return checks.integer(f"method.{key}", value, 1)
 
 
 def flag(key: str, value: bool) -> bool:
     """True or false (not a truthy string or number)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"method.{key}={value!r}: must be true or false")
-    return value
+    return checks.flag(f"method.{key}", value)
 
 
 def choice(key: str, value: str, choices: tuple[str, ...], renamed: Mapping[str, str] | None = None) -> str:
-    """One of `choices`; a value `renamed` maps (an old name to its new one) is refused naming the new one.
-    YAML and Hydra read an unquoted true or false as a boolean: it is matched as "true" or "false"."""
-    old = str(value).lower() if isinstance(value, bool) else value
-    if renamed and isinstance(old, str) and old in renamed:
-        raise ConfigError(f"method.{key}={old!r}: now called {renamed[old]} (method.{key}={renamed[old]})")
-    if value not in choices:
-        raise ConfigError(f"method.{key}={value!r}: choose one of {', '.join(choices)}")
-    return value
+    """One of `choices` (core.checks.choice)."""
+    return checks.choice(f"method.{key}", value, choices, renamed)
 
 
 def together(ok: bool, key: str, value: object, need: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from cl_bench.engine.fewer_ops import leading_block, plus_constant, sum_of
+from cl_bench.core.fewer_ops import leading_block, plus_constant, sum_of
 
 
 @dataclass

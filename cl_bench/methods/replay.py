@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.data.task import Split, Task
-from cl_bench.errors import ConfigError
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.params import choice, count
 
@@ -68,6 +68,7 @@ class Replay(Method):
     """
 
     selectable = ("memory_size",)
+    owns = frozenset({"batch"})
 
     def __init__(
         self,

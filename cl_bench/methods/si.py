@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from cl_bench.engine.per_sample_grads import trainable_parameters
+from cl_bench.core.per_sample_grads import trainable_parameters
 from cl_bench.methods.base import Method, TrainContext
 from cl_bench.methods.params import choice, number
 from cl_bench.methods.quadratic import Quadratic
@@ -58,20 +58,20 @@ class SI(Method):
         with torch.no_grad():
             return {self.loss_name: self.c * self.term.value(dict(ctx.model.named_parameters()))}
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_backward(self, ctx: TrainContext) -> None:
         """The penalty's gradient is added to the backward pass's; g is the gradient before it
         (`path_gradient=task`) or after it (`total`)."""
-        named = dict(model.named_parameters())
+        named = dict(ctx.model.named_parameters())
         if self.term is not None and self.path_gradient == "total":
             self.term.add_gradient(named, self.c)
-        params = {name: p for name, p in trainable_parameters(model).items() if p.grad is not None}
+        params = {name: p for name, p in trainable_parameters(ctx.model).items() if p.grad is not None}
         self.grad = dict(zip(params, torch._foreach_mul([p.grad for p in params.values()], 1.0)))
         if self.term is not None and self.path_gradient == "task":
             self.term.add_gradient(named, self.c)
 
-    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_step(self, ctx: TrainContext) -> None:
         """ω += −g·Δθ over the step just taken."""
-        params = trainable_parameters(model)
+        params = trainable_parameters(ctx.model)
         for name, g in self.grad.items():
             theta = params[name].detach()
             self.omega[name].sub_(g * (theta - self.previous[name]))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from cl_bench.errors import ConfigError
+from cl_bench.core.errors import ConfigError
 
 
 def check_channels_last(value: object, resolved: bool = False) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.functional import relu
 
-from cl_bench.errors import ConfigError
+from cl_bench.core.errors import ConfigError
 from cl_bench.models.resnet import FeaturesHead
 
 

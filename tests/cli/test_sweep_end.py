@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
 from omegaconf import OmegaConf
 
 from cl_bench.loggers.wandb_report import publish_report
@@ -35,5 +36,5 @@ def test_publishing_the_report_to_wandb_never_raises(tmp_path, caplog):
     """Finding 9: the publisher, documented as never raising, made its logger outside its guard."""
     config = OmegaConf.create({"logger": {"_target_": "cl_bench.loggers.wandb.WandbLogger", "no_such_key": 1}})
     with caplog.at_level(logging.WARNING):
-        publish_report(config, tmp_path)
+        publish_report(config, tmp_path, pd.DataFrame({"Technique": ["EWC"]}))
     assert "W&B report not logged" in caplog.text

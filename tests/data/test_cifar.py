@@ -20,10 +20,10 @@ import pytest
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.data.cifar import cifar10, cifar100
 from cl_bench.data.sequences import build_task_sequence, equal_split_tasks
 from cl_bench.engine.validate import validate_config
-from cl_bench.errors import ConfigError
 from tests.helpers.runs import tiny_run
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615)  # conf/dataset/split_cifar10.yaml

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.data.sequences import build_task_sequence, permuted_tasks, split_tasks
-from cl_bench.data.sources import mnist, read_idx, sklearn_digits, write_idx
+from cl_bench.data.sources import mnist, read_idx, sklearn_digits
 from cl_bench.engine.validate import validate_config
-from cl_bench.errors import ConfigError
-from tests.helpers.data import make_tree
+from tests.helpers.data import make_tree, write_idx
 from tests.helpers.runs import tiny_run
 
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from cl_bench.core.files import write_json
-from cl_bench.engine.checkpoint import TRAILER_SIZE, CorruptState, load_checkpoint, save_checkpoint
+from cl_bench.core.state_format import STATE_FORMAT, IncompatibleState
 from cl_bench.engine.run import load_initial_weights
-from cl_bench.engine.trainer import STATE_FORMAT, IncompatibleState
-from cl_bench.results.figure_worker import CurveFigure
+from cl_bench.records.checkpoint import TRAILER_SIZE, CorruptState, load_checkpoint, save_checkpoint
+from cl_bench.records.figure_worker import CurveFigure
 from tests.helpers.config import TINY
 from tests.helpers.runs import COMPARED, tiny_run
 
@@ -109,11 +109,11 @@ def test_a_run_whose_latest_checkpoint_is_truncated_resumes_from_the_one_before(
     expected = results(whole, run_dir)
     latest = run_dir / "checkpoints" / "ckpt-000000060-002.pt"
     latest.write_bytes(latest.read_bytes()[:1000])
-    with caplog.at_level(logging.WARNING, logger="cl_bench.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="cl_bench.records.checkpoint"):
         resumed = run_in(tmp_path, "run", *RESUMABLE)
     assert resumed["status"] == "ok", resumed.get("error")
     assert resumed["resumed_from"] == str(run_dir / "checkpoints" / "ckpt-000000050-001.pt")
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cl_bench.engine.checkpoint"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cl_bench.records.checkpoint"]
     assert str(latest) in warning and "truncated" in warning
     assert (latest.parent / f"{latest.name}.corrupt").exists()  # kept for inspection, never picked again
     assert results(resumed, run_dir) == expected
@@ -154,10 +154,10 @@ from pathlib import Path
 
 import sklearn.datasets  # noqa: F401 (what the digits are read with: imported once, before forking)
 
-import cl_bench.engine.checkpoint
-from cl_bench.results.figure_worker import CurveFigure
+import cl_bench.records.checkpoint
+from cl_bench.records.figure_worker import CurveFigure
 from cl_bench.engine.run import run_experiment
-from cl_bench.engine.trainer import Trainer
+from cl_bench.engine.step import Step
 
 sys.path.insert(0, os.getcwd())  # the repository (the killer's working directory)
 from tests.helpers.config import compose_config  # noqa: E402
@@ -168,18 +168,19 @@ def die():
 
 
 def kill_in_step(step):
-    task_loss = Trainer._task_loss
+    take_step, taken = Step.__call__, []
 
     def in_step(self, *args):
-        if self.global_step + 1 == step:  # in global step `step`, before its optimiser step
+        taken.append(1)
+        if len(taken) == step:  # in global step `step` of a run from its start, before its optimiser step
             die()
-        return task_loss(self, *args)
+        return take_step(self, *args)
 
-    Trainer._task_loss = in_step
+    Step.__call__ = in_step
 
 
 def kill_in_write(step):
-    atomic_write = cl_bench.engine.checkpoint.write_atomically
+    atomic_write = cl_bench.records.checkpoint.write_atomically
 
     def half_written(path, write):
         if not path.name.startswith(f"ckpt-{step:09d}-"):
@@ -194,7 +195,7 @@ def kill_in_write(step):
 
         atomic_write(path, write_half)
 
-    cl_bench.engine.checkpoint.write_atomically = half_written
+    cl_bench.records.checkpoint.write_atomically = half_written
 
 
 overrides, kills = json.loads(sys.argv[1]), json.loads(sys.argv[2])

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from cl_bench.core import files as core_files
 from cl_bench.engine.run import run_experiment
-from cl_bench.engine.run_folder import saved_config_path
-from cl_bench.results.metrics_log import MetricsLog
+from cl_bench.records.metrics_log import MetricsLog
+from cl_bench.records.run_folder import saved_config_path
 from tests.helpers.cli import cl_bench
 from tests.helpers.config import TINY
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cl_bench.engine.checkpoint import load_checkpoint, write_checksummed
+from cl_bench.core.errors import ConfigError
 from cl_bench.engine.run import run_experiment
-from cl_bench.engine.run_folder import saved_config_path
 from cl_bench.engine.validate import validate_config
-from cl_bench.errors import ConfigError
+from cl_bench.records.checkpoint import load_checkpoint, write_checksummed
+from cl_bench.records.run_folder import saved_config_path
 from tests.helpers.config import TINY
 from tests.helpers.runs import COMPARED, tiny_run
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.score import peak_score
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.engine.first_task_cache import first_task_key
 from cl_bench.engine.validate import validate_config
-from cl_bench.errors import ConfigError
-from cl_bench.results.metrics import peak_score
 from tests.helpers.config import TINY
 from tests.helpers.runs import tiny_run
 

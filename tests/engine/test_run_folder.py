@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cl_bench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cl_bench.engine.run import run_experiment
-from cl_bench.engine.run_folder import RunLock, saved_config_path
+from cl_bench.records.checkpoint import load_checkpoint, save_checkpoint
+from cl_bench.records.run_folder import RunLock, saved_config_path
 from tests.helpers.cli import cl_bench
 from tests.helpers.config import TINY
 

@@ -15,9 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from cl_bench.engine.run import resumed_config, run_experiment
-from cl_bench.engine.run_folder import saved_config_path
-from cl_bench.engine.saved_config import UnsafeConfig, read_saved_config, resolvers_called, targets_of
-from cl_bench.results.report import make_report, write_report
+from cl_bench.records.run_folder import saved_config_path
+from cl_bench.records.saved_config import UnsafeConfig, read_saved_config, resolvers_called, targets_of
+from cl_bench.report.make import make_report, write_report
 from tests.helpers.config import TINY
 
 SECRET = "hunter2-do-not-print"

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl_bench.engine.scenario import Scenario
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.scenario import Scenario
 from cl_bench.engine.validate import validate_config
-from cl_bench.errors import ConfigError
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP
 

@@ -14,14 +14,14 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from cl_bench.core.scenario import Scenario
 from cl_bench.data.sequences import build_task_sequence
-from cl_bench.engine.checkpoint import load_checkpoint
 from cl_bench.engine.evaluation import accuracies
 from cl_bench.engine.run import run_experiment
-from cl_bench.engine.run_folder import saved_config_path
-from cl_bench.engine.scenario import Scenario
-from cl_bench.results.figure_worker import CurveFigure
-from cl_bench.results.report import read_report_csv, write_report
+from cl_bench.records.checkpoint import load_checkpoint
+from cl_bench.records.figure_worker import CurveFigure
+from cl_bench.records.run_folder import saved_config_path
+from cl_bench.report.make import read_report_csv, write_report
 from tests.helpers.config import TINY, compose_config
 
 SLOW_B = (

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cl_bench.data.task import TensorSplit
-from cl_bench.engine.trainer import Trainer, index_batches
+from cl_bench.engine.step import Step
+from cl_bench.engine.trainer import index_batches
 from cl_bench.methods.base import Method, Stage, TrainContext, TrainData
 from tests.engine.test_trainer_parts import assert_same, make_trainer
 from tests.helpers.config import TINY
@@ -22,6 +23,8 @@ FIRST, SECOND = (20, 7, 0.25), (16, 3, 2.0)  # (examples, steps, lr factor) of e
 class Staged(Method):
     """Cross-entropy, and at every task but the first two stages: FIRST's steps on the task's first examples, then
     SECOND's on the previous task's first examples (labelled with that task)."""
+
+    owns = frozenset({"stages"})
 
     def __init__(self):
         self.calls: list[int] = []
@@ -44,14 +47,14 @@ STAGED = ("method._target_=tests.engine.test_stages.Staged", "scenario=class", "
 def steps(monkeypatch) -> list[dict]:
     """What every step of a trainer sees: the stage, the optimiser's learning rate, the batch's indices and tasks."""
     seen: list[dict] = []
-    task_loss = Trainer._task_loss
+    take_step = Step.__call__
 
-    def recorded(self, logits, batch, n_own):
+    def recorded(self, ctx, batch, task_weight, sums):
         lrs = {group["lr"] for group in self.optimizer.param_groups}
-        seen.append({"stage": self.current.stage, "lr": lrs, "index": batch.index.clone(), "tasks": batch.task_ids})
-        return task_loss(self, logits, batch, n_own)
+        seen.append({"stage": ctx.part, "lr": lrs, "index": batch.index.clone(), "tasks": batch.task_ids})
+        return take_step(self, ctx, batch, task_weight, sums)
 
-    monkeypatch.setattr(Trainer, "_task_loss", recorded)
+    monkeypatch.setattr(Step, "__call__", recorded)
     return seen
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.engine import threads
 from cl_bench.engine.threads import cgroup_cores, parallel_jobs, resolve_threads, usable_cores
-from cl_bench.errors import ConfigError
 from tests.helpers.config import compose_config
 from tests.helpers.runs import tiny_run
 

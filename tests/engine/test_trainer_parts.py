@@ -14,14 +14,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import cl_bench.engine.evaluator as evaluator_module
+from cl_bench.core.scenario import Scenario
+from cl_bench.core.score import new_peak, peak_score
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.engine.evaluator import Evaluator
-from cl_bench.engine.scenario import Scenario
 from cl_bench.engine.settings import Budget, OptimizerFactory, TrainerSettings, trainer_settings
 from cl_bench.engine.trainer import Trainer
 from cl_bench.methods.build import build_method
-from cl_bench.results.metrics import new_peak, peak_score
-from cl_bench.results.summary import score_summary
+from cl_bench.records.summary import score_summary
 from tests.helpers.config import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the trainers here run in this process
@@ -98,7 +98,7 @@ def test_task_a_exported_and_imported_continues_as_training_it(make_config):
 
     first_rows: list[dict] = []
     first = make_trainer(cfg, first_rows)
-    first.train_first_task()
+    first.train_task(0)
     state = first.export_first_task_state()
     assert "method" not in state
     buffer = io.BytesIO()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from cl_bench import CONFIG_DIR
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.experiment import RUN_KEYS
+from cl_bench.core.layout import CONFIG_DIR
 from cl_bench.data.sequences import build_task_sequence
 from cl_bench.engine.run import run_experiment
 from cl_bench.engine.validate import check_against_tasks, validate_config
-from cl_bench.errors import ConfigError
 from cl_bench.methods.build import build_method
-from cl_bench.results.experiment_keys import RUN_KEYS
 from tests.helpers.config import TINY
 
 # The reproduced findings of issue 13, each with the start of the message that must name its key.

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from cl_bench import CONFIG_DIR
+from cl_bench.core.layout import CONFIG_DIR
 
 # Two 30-step tasks on the embedded digits, evaluated every 10 steps, one thread: the size of a test's run.
 TINY = "+debug=tiny"

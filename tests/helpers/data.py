@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from cl_bench.data.sources import write_idx
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """`array` (values 0-255) as an IDX file of unsigned bytes, what `cl_bench.data.sources.read_idx` reads:
+    MNIST-shaped files for the tests and the benchmarks."""
+    data = np.asarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, data.ndim) + b"".join(struct.pack(">I", d) for d in data.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + data.tobytes())
 
 
 def write_mnist(root: Path) -> Path:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from cl_bench.core.scenario import Scenario
 from cl_bench.data.task import Task, TensorSplit
-from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
 from cl_bench.models.head import grow_head
 from cl_bench.models.mlp import MLP

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cl_bench.engine.run import run_experiment
-from cl_bench.results.figure_worker import CurveFigure
+from cl_bench.records.figure_worker import CurveFigure
 from tests.helpers.config import TINY, compose_config
 
 # The summary keys that make a run's result: equal in two runs that computed the same thing.

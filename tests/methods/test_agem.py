@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cl_bench.engine.scenario import Scenario
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.agem import AGEM
 from tests.helpers.harness import batch_of, random_tasks, seeded_mlp, start_task
 from tests.helpers.runs import tiny_run
@@ -49,7 +49,7 @@ class Setup:
         return torch.cat([g.flatten() for g in torch.autograd.grad(loss, self.params)])
 
     def after_backward(self) -> torch.Tensor:
-        self.agem.after_backward(self.ctx, self.model)
+        self.agem.after_backward(self.ctx)
         return torch.cat([p.grad.flatten() for p in self.params])
 
 
@@ -111,7 +111,7 @@ def test_nothing_happens_during_the_first_task():
     scenario.loss(model(tasks[0].train.x[:8]), tasks[0].train.y[:8], torch.zeros(8, dtype=torch.long)).backward()
     before = [p.grad.clone() for p in model.parameters()]
     state = ctx.generator.get_state()
-    agem.after_backward(ctx, model)
+    agem.after_backward(ctx)
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
     assert torch.equal(ctx.generator.get_state(), state)
 

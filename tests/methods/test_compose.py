@@ -6,17 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from cl_bench.engine.scenario import Scenario
-from cl_bench.errors import ConfigError
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.experiment import method_label
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext, defined_hook
-from cl_bench.methods.build import build_methods, method_label
+from cl_bench.methods.build import build_methods
 from cl_bench.methods.compose import Combined
 from cl_bench.methods.kd import KD
 from cl_bench.methods.replay import Replay
 from cl_bench.methods.si import SI
-from cl_bench.results.report import methods_selectable
+from cl_bench.report.entries import methods_selectable
 from tests.helpers.harness import batch_of, random_tasks, seeded_mlp, start_task
 from tests.helpers.runs import tiny_run
 
@@ -68,7 +68,7 @@ class Projecting(Method):
     def __init__(self, calls: list[str]):
         self.calls = calls
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_backward(self, ctx: TrainContext) -> None:
         self.calls.append("projection")
 
 
@@ -76,11 +76,13 @@ class Penalising(Method):
     def __init__(self, calls: list[str]):
         self.calls = calls
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_backward(self, ctx: TrainContext) -> None:
         self.calls.append("penalty")
 
 
 class Extending(Method):
+    owns = frozenset({"batch"})
+
     def extend_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
         return batch
 
@@ -88,7 +90,7 @@ class Extending(Method):
 def test_gradient_edits_run_penalties_first_and_projections_last():
     calls: list[str] = []
     combined = Combined({"method": Projecting(calls), "plus.penalty": Penalising(calls)})
-    combined.after_backward(None, None)
+    combined.after_backward(None)
     assert calls == ["penalty", "projection"]
 
 

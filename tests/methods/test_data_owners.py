@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cl_bench.engine.scenario import Scenario
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.compose import Combined
 from cl_bench.methods.joint import Joint
 from cl_bench.methods.kd import KD

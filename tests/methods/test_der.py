@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl_bench.engine.scenario import Scenario
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.der import DER, last_writes, reservoir_slots
 from tests.helpers.harness import batch_of, random_tasks, seeded_mlp, start_task
 from tests.helpers.runs import tiny_run

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cl_bench.engine.checkpoint import load_checkpoint
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.scenario import Scenario
 from cl_bench.engine.run import run_experiment
-from cl_bench.engine.scenario import Scenario
-from cl_bench.errors import ConfigError
 from cl_bench.methods.build import build_method
 from cl_bench.methods.e2e import E2E
+from cl_bench.records.checkpoint import load_checkpoint
 from tests.helpers.config import TINY
 from tests.helpers.harness import batch_of, nudge, random_tasks, seeded_mlp, start_task
 from tests.helpers.runs import COMPARED, tiny_run

@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cl_bench import CONFIG_DIR
-from cl_bench.engine.scenario import Scenario
+from cl_bench.core.layout import CONFIG_DIR
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.base import TrainContext
 from cl_bench.methods.build import build_method
 from cl_bench.methods.ewc import EWC
@@ -63,7 +63,7 @@ def grads(value: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
 def step_grads(method: EWC, ctx: TrainContext) -> list[torch.Tensor]:
     """The gradient the penalty adds at a step: `after_backward` on gradients set to None."""
     ctx.model.zero_grad(set_to_none=True)
-    method.after_backward(ctx, ctx.model)
+    method.after_backward(ctx)
     return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in ctx.model.parameters()]
 
 

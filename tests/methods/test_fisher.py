@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.engine import per_sample_grads
-from cl_bench.engine.scenario import Scenario
+from cl_bench.core import per_sample_grads
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods import fisher
 from cl_bench.methods.fisher import LABELS, diagonal_fisher, diagonal_fisher_loop
 from cl_bench.models.mlp import MLP

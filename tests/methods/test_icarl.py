@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from cl_bench.engine.scenario import Scenario
-from cl_bench.errors import ConfigError
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.build import build_method
 from cl_bench.methods.icarl import ICaRL
 from cl_bench.methods.replay import herding

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 import torch
 
+from cl_bench.core.scenario import Scenario
 from cl_bench.data.task import Task, TensorSplit
 from cl_bench.engine.run import run_experiment
-from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.joint import Joint
 from cl_bench.methods.replay import Replay, herding

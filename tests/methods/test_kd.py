@@ -7,8 +7,8 @@ import io
 import pytest
 import torch
 
+from cl_bench.core.scenario import Scenario
 from cl_bench.data.task import Task
-from cl_bench.engine.scenario import Scenario
 from cl_bench.methods.base import Batch, Method
 from cl_bench.methods.kd import KD, distillation_losses, equal_groups
 from cl_bench.models.head import grow_head

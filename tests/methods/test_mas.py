@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cl_bench.engine.scenario import Scenario
-from cl_bench.errors import ConfigError
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.mas import MAS
 from tests.helpers.harness import nudge, random_tasks, seeded_mlp, start_task
 from tests.helpers.runs import tiny_run

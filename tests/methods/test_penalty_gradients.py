@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from cl_bench.engine.scenario import Scenario
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.base import Method, TrainContext
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.l2 import L2
@@ -108,7 +108,7 @@ def test_step_gradient_and_value_equal_autograd_of_the_penalty(case):
     assert not value.requires_grad and torch.allclose(value, expected_value, rtol=1e-10)
     model.zero_grad(set_to_none=True)
     task_loss.backward()
-    method.after_backward(ctx, model)
+    method.after_backward(ctx)
     for (name, p), want in zip(params.items(), expected):
         assert torch.allclose(p.grad, want, rtol=1e-9, atol=1e-13), name
     # the rows the head gained after the last stored term carry none of the penalty
@@ -122,7 +122,7 @@ def test_a_penalty_without_a_backward_gradient_still_gets_one():
     ctx = run_to_last_task(method)
     params = dict(ctx.model.named_parameters())
     ctx.model.zero_grad(set_to_none=True)
-    method.after_backward(ctx, ctx.model)
+    method.after_backward(ctx)
     expected = torch.autograd.grad(hand_penalty(method, None, params), list(params.values()))
     for p, want in zip(params.values(), expected):
         assert torch.allclose(p.grad, want, rtol=1e-9, atol=1e-13)
@@ -138,7 +138,7 @@ def test_si_path_integral_uses_the_gradient_before_the_penalty():
     si.loss_terms(ctx, batch, None)
     ctx.model.zero_grad(set_to_none=True)
     task_loss.backward()
-    si.after_backward(ctx, ctx.model)
+    si.after_backward(ctx)
     for (name, p), g in zip(params.items(), unregularised):
         assert torch.allclose(si.grad[name], g, rtol=1e-12, atol=0), name
         assert not torch.allclose(p.grad, g), name  # the optimiser gets the penalty's gradient too
@@ -149,10 +149,10 @@ class RecordingEWC(EWC):
 
     values: ClassVar[list[float]] = []
 
-    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
+    def after_step(self, ctx: TrainContext) -> None:
         if self.terms:
             with torch.no_grad():
-                RecordingEWC.values.append(float(hand_penalty(self, None, dict(model.named_parameters()))))
+                RecordingEWC.values.append(float(hand_penalty(self, None, dict(ctx.model.named_parameters()))))
 
 
 def test_logged_term_is_the_penalty_at_the_rows_step_and_the_total_includes_it(tmp_path):

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
-from cl_bench.engine.scenario import Scenario
+from cl_bench.core.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext, defined_hook
 from cl_bench.methods.baseline import Baseline
 from cl_bench.methods.si import SI
@@ -38,13 +37,13 @@ class Recording(Method):
         self.calls.append("loss_terms")
         return {}
 
-    def after_backward(self, ctx: TrainContext, model: nn.Module) -> None:
-        assert all(p.grad is not None for p in model.parameters())  # backward ran (zero_grad sets None)
-        self.before_step = [p.detach().clone() for p in model.parameters()]
+    def after_backward(self, ctx: TrainContext) -> None:
+        assert all(p.grad is not None for p in ctx.model.parameters())  # backward ran (zero_grad sets None)
+        self.before_step = [p.detach().clone() for p in ctx.model.parameters()]
         self.calls.append("after_backward")
 
-    def after_step(self, ctx: TrainContext, model: nn.Module) -> None:
-        assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), self.before_step))  # the step ran
+    def after_step(self, ctx: TrainContext) -> None:
+        assert any(not torch.equal(p, q) for p, q in zip(ctx.model.parameters(), self.before_step))  # the step ran
         self.calls.append("after_step")
 
     def penalty_values(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
@@ -107,9 +106,9 @@ class Steps:
             before = {name: p.detach().clone() for name, p in params.items()}
             optimizer.zero_grad(set_to_none=True)
             task_loss.backward()  # the penalty's gradient is after_backward's
-            self.si.after_backward(ctx, self.model)
+            self.si.after_backward(ctx)
             optimizer.step()
-            self.si.after_step(ctx, self.model)
+            self.si.after_step(ctx)
             products.append({name: -g[name] * (p.detach() - before[name]) for name, p in params.items()})
         return ctx, products
 

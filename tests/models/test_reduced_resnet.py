@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 from torch import nn
 from torchvision.models import resnet18 as torchvision_resnet18
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.engine.validate import validate_config
-from cl_bench.errors import ConfigError
 from cl_bench.models.head import grow_head
 from cl_bench.models.reduced_resnet import reduced_resnet18
 

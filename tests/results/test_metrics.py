@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cl_bench.results.metrics import (
+from cl_bench.core.score import (
     at_chance,
     average_final_accuracy,
     backward_transfer,

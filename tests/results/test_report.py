@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 
 from cl_bench import __version__
 from cl_bench.cli.report import main as report_main
-from cl_bench.engine.run_folder import state_dir
-from cl_bench.results.experiment_keys import experiment_identity
-from cl_bench.results.report import read_report_csv, write_report
+from cl_bench.core.experiment import experiment_identity
+from cl_bench.records.run_folder import state_dir
+from cl_bench.report.make import read_report_csv, write_report
 from tests.helpers.cli import cl_bench
 from tests.helpers.config import compose_config
 
@@ -49,9 +49,9 @@ def edit_config(path: Path, key: str, value) -> None:
 
 
 def warnings_of(caplog) -> list[str]:
-    """The report's warnings (its modules': cl_bench.results.*), each checked to be one line."""
+    """The report's warnings (its modules': cl_bench.report.*), each checked to be one line."""
     messages = [r.getMessage() for r in caplog.records
-                if r.name.startswith("cl_bench.results.") and r.levelno == logging.WARNING]
+                if r.name.startswith("cl_bench.report.") and r.levelno == logging.WARNING]
     assert all("\n" not in message for message in messages), messages
     return messages
 
@@ -291,10 +291,11 @@ def test_the_identity_leaves_out_where_and_how_a_run_is_done():
 CALLBACK_WITHOUT_WANDB = """
 import sys
 from omegaconf import OmegaConf
-from cl_bench.results.report import write_sweep_report
-config = {"hydra": {"sweep": {"dir": sys.argv[1]}}, "logger": {"_target_": "cl_bench.loggers.base.RunLogger"},
+from cl_bench.cli.sweep_end import finish_sweep
+config = {"hydra": {"sweep": {"dir": sys.argv[1]}, "sweeper": {}},
+          "logger": {"_target_": "cl_bench.loggers.base.RunLogger"},
           "report": {"metric": "score", "spread": "sem", "select": []}}
-write_sweep_report(OmegaConf.create(config))
+print("exit:", finish_sweep(OmegaConf.create(config)))
 print("wandb imported:", "wandb" in sys.modules)
 """
 

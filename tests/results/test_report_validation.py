@@ -87,7 +87,7 @@ def test_a_summary_that_contradicts_its_config_is_unreadable(sweep):
 
 
 def test_a_job_left_out_for_its_config_still_counts(sweep, tmp_path):
-    from cl_bench.results.report import make_report
+    from cl_bench.report.make import make_report
 
     sweep.add("method=ewc", score=0.7)
     bad = sweep.add("method=kd")
@@ -98,7 +98,7 @@ def test_a_job_left_out_for_its_config_still_counts(sweep, tmp_path):
 
 def test_fake_runs_are_what_the_report_accepts(tmp_path):
     """The tests' fake summaries pass the checks (else every report test would test the refusal)."""
-    from cl_bench.results.report import make_report
+    from cl_bench.report.make import make_report
 
     fake_run(tmp_path / "run", "method=ewc")
     assert make_report([tmp_path / "run"], tmp_path).statuses == {"ok": 1}

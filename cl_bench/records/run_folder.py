@@ -12,10 +12,10 @@ from typing import Any, Iterable
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bench.core.experiment import at, differing_keys, experiment_identity
 from cl_bench.core.files import copy_file, read_data, write_text
 from cl_bench.core.layout import CHECKPOINTS_DIR, CONFIG_FILE, HYDRA_FILES, HYDRA_RECORD, LOG_SUFFIX, STATE_DIR
-from cl_bench.engine.saved_config import SavedConfig, read_saved_config
-from cl_bench.results.experiment_keys import differing_keys, experiment_identity
+from cl_bench.records.saved_config import SavedConfig, read_saved_config
 
 
 class ConfigMismatch(ValueError):
@@ -129,32 +129,27 @@ def summarised(keys: list[str]) -> list[str]:
     return [key for key in keys if not any(key.startswith(f"{node}.") for node in nodes)] + nodes
 
 
-def _at(tree: dict, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return "unset"
-        tree = tree[part]
-    return tree
-
-
-def describe_mismatch(run_dir: Path, keys: list[str], saved: DictConfig, config: DictConfig) -> str:
-    """One line: the folder, up to four differing keys with both values, and the two ways out."""
+def differences(saved: DictConfig, config: DictConfig) -> str:
+    """Where `config` would compute something other than `saved` (mismatch), as up to four `key=value (the run
+    has value)`; "" where nowhere."""
     old, new = run_identity(saved), run_identity(config)
-    keys = sorted(summarised(keys))
-    listed = ", ".join(f"{key}={shown(_at(new, key))} (the run has {shown(_at(old, key))})" for key in keys[:4])
-    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
-    return (f"{run_dir} holds a run of another config: {listed}{more}. Use a new folder (hydra.run.dir=... or "
-            f"hydra.sweep.dir=...), or continue that run as it was: cl-bench resume={run_dir}")
+    keys = sorted(summarised(mismatch(saved, config)))
+    listed = ", ".join(f"{key}={shown(at(new, key, 'unset'))} (the run has {shown(at(old, key, 'unset'))})"
+                       for key in keys[:4])
+    return listed + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 
 def check_claim(run_dir: Path, config: DictConfig) -> None:
     """Raise ConfigMismatch if `run_dir` holds a run of another experiment or seed than `config`, after
     putting back the `.hydra/` files Hydra overwrote for this refused start."""
     found = load_saved_config(run_dir)
-    keys = mismatch(found.config, config) if found is not None else []
-    if keys:
+    listed = differences(found.config, config) if found is not None else ""
+    if listed:
         restore_hydra_files(run_dir)
-        raise ConfigMismatch(describe_mismatch(run_dir, keys, found.config, config))
+        raise ConfigMismatch(
+            f"{run_dir} holds a run of another config: {listed}. Use a new folder (hydra.run.dir=... or "
+            f"hydra.sweep.dir=...), or continue that run as it was: cl-bench resume={run_dir}"
+        )
 
 
 def bind(run_dir: Path, config: DictConfig) -> None:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, NoReturn
 import torch
 
 from cl_bench.core.files import read_data, write_atomically
-from cl_bench.engine.trainer import STATE_FORMAT, IncompatibleState
+from cl_bench.core.state_format import STATE_FORMAT, IncompatibleState
 
 log = logging.getLogger(__name__)
 

@@ -77,6 +77,16 @@ def _resolved_value(node: DictConfig | ListConfig, key: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def at(tree: Any, key: str, default: Any = None) -> Any:
+    """The value at dotted `key` of nested dicts, or `default` where there is none (the one dotted-key getter of
+    plain config trees)."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return default
+        tree = tree[part]
+    return tree
+
+
 def drop_key(tree: dict, key: str) -> None:
     """Remove dotted `key` (`*` for any one key) from nested dicts, if there."""
     head, _, rest = key.partition(".")
@@ -121,3 +131,9 @@ def differing_keys(a: dict, b: dict) -> list[str]:
     """Dotted keys whose values differ between two nested dicts (a key missing on one side differs)."""
     flat_a, flat_b = flatten(a), flatten(b)
     return sorted(key for key in {*flat_a, *flat_b} if flat_a.get(key) != flat_b.get(key))
+
+
+def method_label(cfg: DictConfig) -> str:
+    """The run's method as tables name it: each part's `label` (else its class name), joined by " + "."""
+    nodes = [cfg.method, *(cfg.get("plus") or {}).values()]
+    return " + ".join(node.get("label") or node._target_.rsplit(".", 1)[-1] for node in nodes)

@@ -10,12 +10,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from cl_bench.records.description import describe
+
 # The report reads these of an ok run's summary: accuracies (fractions), by value, per task, or as matrices.
 REQUIRED_OK = ("score",)
 ACCURACIES = ("score", "score_test", "average_final_accuracy", "average_final_val_accuracy")
 ACCURACIES_PER_TASK = ("score_k", "score_test_k", "final_accuracy_k")
 MATRICES = ("accuracy_matrix", "val_accuracy_matrix")
-# What the summary says the run was (engine.run.describe), compared with its config's.
+# What the summary says the run was (records.description.describe), compared with its config's.
 DESCRIBED = ("method", "lr", "seed", "scenario", "datasets", "model")
 
 
@@ -61,7 +63,7 @@ def number_problem(summary: dict) -> str | None:
 
 
 def contradiction(summary: dict, described: dict) -> str | None:
-    """Where the summary says the run was other than its config says (`described`: engine.run.describe of the
+    """Where the summary says the run was other than its config says (`described`: records.description.describe of the
     config), or None; keys one of them lacks are not compared (a summary of an earlier version)."""
     for key in DESCRIBED:
         if key in summary and key in described and summary[key] != described[key]:
@@ -71,8 +73,6 @@ def contradiction(summary: dict, described: dict) -> str | None:
 
 def summary_problem(summary: dict, config: DictConfig) -> str | None:
     """Why the report cannot use this summary of a run with `config`, or None."""
-    from cl_bench.engine.run import describe
-
     if summary.get("status") == "ok":
         problem = number_problem(summary)
         if problem:

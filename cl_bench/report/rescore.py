@@ -1,4 +1,4 @@
-"""A run's Score over the window its config asks for (`score.window`, results/metrics.py) when its summary's
+"""A run's Score over the window its config asks for (`score.window`, core/score.py) when its summary's
 Score was made over another: a run made before `score.window` existed took its Score over the last task's points
 from its step 0 (EARLIER_WINDOW; its summary has no `score_window`), and its config, which has no `score.window`,
 asks for the current rule (TRAINING).
@@ -17,11 +17,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bench.core.errors import one_line
 from cl_bench.core.layout import METRICS_FILE
-from cl_bench.errors import one_line
-from cl_bench.results.metrics import EARLIER_WINDOW, TRAINING
-from cl_bench.results.metrics_log import read_rows
-from cl_bench.results.summary import score_summary
+from cl_bench.core.score import EARLIER_WINDOW, TRAINING
+from cl_bench.records.metrics_log import read_rows
+from cl_bench.records.summary import score_summary
 
 log = logging.getLogger(__name__)
 WINDOW_KEY = "score.window"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cl_bench.core.files import write_atomically
-from cl_bench.results.metrics import task_letters
+from cl_bench.core.score import task_letters
 
 if TYPE_CHECKING:
     import pandas as pd

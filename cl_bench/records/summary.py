@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from cl_bench.data.task import Task
-from cl_bench.engine.evaluation import ROW_PREFIX
-from cl_bench.engine.sequence_result import SequenceResult
-from cl_bench.results.metrics import (
+from cl_bench.core.accuracy import ROW_PREFIX
+from cl_bench.core.score import (
     average_final_accuracy,
     backward_transfer,
     forgetting,
@@ -13,6 +11,7 @@ from cl_bench.results.metrics import (
     peak_score,
     task_letters,
 )
+from cl_bench.records.sequence_result import SequenceResult
 
 
 def score_summary(rows: list[dict], task_names: list[str], accuracy: str, window: str) -> dict:
@@ -32,13 +31,13 @@ def score_summary(rows: list[dict], task_names: list[str], accuracy: str, window
 
 
 def result_summary(
-    rows: list[dict], tasks: list[Task], result: SequenceResult, accuracy: str, window: str
+    rows: list[dict], task_names: list[str], result: SequenceResult, accuracy: str, window: str
 ) -> dict:
     """Every figure of a finished sequence, ready for JSON; Score (over its `window`), test Score, matrices and
     the summaries of the accuracy matrix follow the `accuracy` kind (class-IL keeps both kinds' matrices under
     `accuracy_matrices`)."""
-    letters = task_letters(len(tasks))
-    names = [task.name for task in tasks]
+    letters = task_letters(len(task_names))
+    names = list(task_names)
     summary = {"accuracy": accuracy, **score_summary(rows, names, accuracy, window)}
     best_test = result.best_test[accuracy]
     test_matrix, val_matrix = result.test_matrix[accuracy], result.val_matrix[accuracy]

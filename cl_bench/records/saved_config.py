@@ -33,9 +33,9 @@ from omegaconf import DictConfig, OmegaConf, grammar_parser
 from omegaconf.errors import GrammarParseError
 from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 
-from cl_bench import CONFIG_DIR
+from cl_bench.core.experiment import changes_experiment, matches
 from cl_bench.core.files import read_data
-from cl_bench.results.experiment_keys import changes_experiment, matches
+from cl_bench.core.layout import CONFIG_DIR
 
 TARGET_KEY = "_target_"
 MAX_CONFIG_BYTES = 1_000_000  # a run's config is a few kilobytes

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cl_bench.errors import ConfigError
+from cl_bench.core.errors import ConfigError
 
 SCENARIOS = ("task", "domain", "class")
 # Class-IL's head: `grow` adds a task's units when it starts (van de Ven & Tolias); `full` has every class's

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cl_bench.results.figures import plot_curves
+from cl_bench.records.figures import plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class CurveFigure:
         self.process: subprocess.Popen | None = None
         if use_helper and sys.executable:
             # this very cl_bench first on the path, not whatever the working directory holds
-            code = f"import sys; sys.path[0] = {str(PACKAGE_PARENT)!r}; from cl_bench.results.figure_worker import main; main()"
+            code = f"import sys; sys.path[0] = {str(PACKAGE_PARENT)!r}; from cl_bench.records.figure_worker import main; main()"
             try:
                 self.process = subprocess.Popen(
                     [sys.executable, "-c", code],
