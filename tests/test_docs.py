@@ -2,7 +2,8 @@
 leads somewhere, the README's layout tree and printed table are what the repository has and prints.
 
 Marking, in a page: a fenced block whose info string is `bash runnable` holds commands a reader can
-copy; `bash runnable exit=N` ends with the documented exit code N (otherwise 0). A block whose info
+copy; `bash runnable exit=N` ends with the documented exit code N (otherwise 0); `python runnable` holds
+Python a reader runs (with the budgets it gives: it is not shrunk). A block whose info
 string names a file (`python file=my_data.py`, `yaml file=my_conf/dataset/x.yaml`) is written there
 first. A page's blocks run in order, as a reader follows it, in one empty folder: `outputs/` is made
 there. Commands that cannot run here are listed on their page with the reason, not marked.
@@ -209,9 +210,12 @@ def run_page(page: Path, folder: Path) -> tuple[Ran, ...]:
         if needs_mnist(block) and mnist is None:
             ran.append(Ran(block, None))
             continue
-        script = "set -eo pipefail\n" + without_setup(block.text)
+        if block.info[0] == "python":  # Python, as a reader runs it: budgets as the block gives them
+            command = [sys.executable, "-c", block.text]
+        else:
+            command = ["bash", "-c", "set -eo pipefail\n" + without_setup(block.text)]
         done = subprocess.run(
-            ["bash", "-c", script],
+            command,
             check=False,
             cwd=folder,
             env=env,
@@ -381,10 +385,10 @@ def test_the_sources_are_named_not_numbered(page):
     assert not re.search(r"\bseed 00\d\b", page.read_text(), re.IGNORECASE)
 
 
-def test_marked_blocks_are_bash_and_say_only_what_the_test_reads():
+def test_marked_blocks_are_bash_or_python_and_say_only_what_the_test_reads():
     for page in PAGES:
         for block in blocks(page):
             options = block.info[1:]
             if block.runnable:
-                assert block.info[0] == "bash", block.where
+                assert block.info[0] in ("bash", "python"), block.where
             assert all(o == "runnable" or o.startswith(("exit=", "file=")) for o in options), block.where

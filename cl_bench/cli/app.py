@@ -25,12 +25,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.cli.optuna_study import default_study_name
 from cl_bench.core.layout import CONFIG_PACKAGE, ERROR_FILE, FAILED_SCORE, SUMMARY_FILE
+from cl_bench.core.overrides import override_keys
 from cl_bench.core.version import VERSION
 
 if not OmegaConf.has_resolver("cl_bench_version"):  # `${cl_bench_version:}` in the --help text
@@ -67,13 +67,6 @@ def watch_sweep_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _stop_sweep)
-
-
-def override_keys() -> list[str]:
-    """The config keys this job's command line sets (`method`, `method.kappa`, `lr`...)."""
-    task = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
-    overrides = OverridesParser.create().parse_overrides(task)
-    return [override.key_or_group for override in overrides]
 
 
 def not_run(run_dir: Path) -> float:
@@ -168,7 +161,7 @@ def main(cfg: DictConfig) -> float:
         run_experiment,
     )
 
-    summary = run_experiment(cfg, own_dir, figure, override_keys())
+    summary = run_experiment(cfg, own_dir, figure, override_keys(hydra_cfg.overrides.task))
     if summary["status"] == "interrupted":
         summary = slurm_ending(summary, folder)
     if multirun and summary["status"] == "interrupted":

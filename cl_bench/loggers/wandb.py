@@ -44,13 +44,12 @@ from omegaconf import DictConfig, OmegaConf
 from wandb.sdk.lib import runid, wbauth
 
 from cl_bench.core.files import read_data, write_text
-from cl_bench.core.layout import METRICS_FILE
+from cl_bench.core.layout import CURVES_FIGURE, METRICS_FILE
 from cl_bench.loggers.base import RunLogger
 from cl_bench.records.run_folder import state_dir
 
 log = logging.getLogger(__name__)
 
-CURVES_FILE = "curves.png"
 CONNECT_TIMEOUT_S = 5.0
 RUN_ID_FILE = "wandb_id"  # in <run folder>/.cl_bench/: the W&B run id, kept over resumes
 
@@ -153,6 +152,7 @@ class WandbLogger(RunLogger):
         name: str | None = None,
         notes: str | None = None,
         init_timeout: float = 30.0,
+        console: bool = False,
     ) -> None:
         if mode not in ("online", "offline", "disabled"):
             raise ValueError(f"logger.mode={mode}: must be online, offline or disabled")
@@ -165,6 +165,7 @@ class WandbLogger(RunLogger):
         self.name = name
         self.notes = notes
         self.init_timeout = init_timeout
+        self.console = console
         self.run: wandb.Run | None = None
         self.metrics_path: Path | None = None
         self.next_row = 0  # the metrics row the W&B run gets next (its W&B step)
@@ -195,12 +196,18 @@ class WandbLogger(RunLogger):
         }
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=self.init_timeout), **options)
+            return wandb.init(mode=mode, settings=self.settings(init_timeout=self.init_timeout), **options)
         except (wandb.errors.Error, TimeoutError) as error:
             if mode != "online":
                 raise
             _warn_offline(_failure_reason(error, self.init_timeout), run_dir)
-            return wandb.init(mode="offline", **options)
+            return wandb.init(mode="offline", settings=self.settings(), **options)
+
+    def settings(self, **more: object) -> wandb.Settings:
+        """wandb's settings of a run: its own console lines (banner, history, summary, sync hints; wandb's
+        `silent`) off unless `console`. cl_bench's own warnings (the offline fallback and its reason) show either
+        way, in one line; wandb's own messages stay in the run's wandb/debug.log."""
+        return wandb.Settings(silent=not self.console, quiet=not self.console, **more)
 
     def start(self, cfg: DictConfig, run_dir: Path) -> None:
         if self.mode == "disabled":
@@ -238,7 +245,7 @@ class WandbLogger(RunLogger):
         self._log(row)
 
     def _log_figure(self, status: str | None, run_dir: Path) -> None:
-        figure = wandb.Image(str(run_dir / CURVES_FILE))
+        figure = wandb.Image(str(run_dir / CURVES_FIGURE))
         if status == "ok":  # no row follows: the step after the last
             self.run.log({"curves": figure}, step=self.next_row, commit=True)
         else:
@@ -250,7 +257,7 @@ class WandbLogger(RunLogger):
         try:
             self._catch_up(_count_rows(self.metrics_path))  # rows W&B lacks that no row of this start brought
             self.run.summary.update(summary)
-            if (run_dir / CURVES_FILE).exists():
+            if (run_dir / CURVES_FIGURE).exists():
                 self._log_figure(summary.get("status"), run_dir)
         finally:
             run, self.run = self.run, None

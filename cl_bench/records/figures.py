@@ -11,6 +11,7 @@ from cl_bench.core.score import task_letters
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 # matplotlib (about 0.4 s to import) is imported when a figure is drawn, never at import time: a run
 # draws its curve figure once, at its end. Figures are drawn on `matplotlib.figure.Figure` with the
@@ -27,18 +28,23 @@ def task_boundaries(metrics: pd.DataFrame) -> list[int]:
     return [int(s) for t, s in starts.items() if t > 0]
 
 
-def _figure(**options):
+def _figure(**options) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(**options)
 
 
-def save(figure, path: Path) -> None:
+def save(figure: Figure, path: Path) -> None:
     """`figure` as a PNG file, written atomically."""
     write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=120))
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    """`curves_figure(rows, title)` as the PNG file `path`."""
+    save(curves_figure(rows, title), path)
+
+
+def curves_figure(rows: list[dict], title: str) -> Figure:
     """One line per task's val accuracy against the step (class-IL: the task-aware accuracy dotted
     in the same colour), task boundaries as dashed vertical lines; `rows` are the run's metrics rows
     (a missing or None accuracy is a gap)."""
@@ -65,7 +71,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     axes.legend(loc="lower left", fontsize="small")
     # the margins tight_layout computes for this fixed design (y ticks 0-100), without its extra draw pass
     figure.subplots_adjust(left=0.103, right=0.975, bottom=0.147, top=0.909)
-    save(figure, path)
+    return figure
 
 
 def plot_comparison(curves: dict[str, pd.DataFrame], path: Path) -> None:

@@ -28,7 +28,7 @@ from cl_bench.report.files import check_report_folder, write_report_files
 from cl_bench.report.notes import blank_unknown_tests, score_notes
 from cl_bench.report.read import RUN_MARKERS, find_run_dirs, read_run
 from cl_bench.report.render import job_list, jobs_markdown, markdown_table
-from cl_bench.report.settings import METRICS, report_settings
+from cl_bench.report.settings import METRICS, Settings, report_settings
 from cl_bench.report.table import Table, score_table
 
 HIDDEN = ["name", "shown_params"]  # the table's columns that report.csv leaves out (shown in the Technique)
@@ -36,14 +36,16 @@ HIDDEN = ["name", "shown_params"]  # the table's columns that report.csv leaves 
 
 @dataclass
 class Report:
-    """A report made: its Markdown text, the table and job list it shows, the runs it counted, and how many jobs
-    ended in each status (a run folder left out of the report, its config unreadable, as "unreadable")."""
+    """A report made: its Markdown text, the table and job list it shows, the runs it counted, how many jobs
+    ended in each status (a run folder left out of the report, its config unreadable, as "unreadable"), and
+    the settings it was made with."""
 
     text: str
     table: Table
     jobs: pd.DataFrame
     runs: list[Entry]
     statuses: Counter
+    settings: Settings
 
 
 def make_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,
@@ -72,7 +74,7 @@ def make_report(roots: list[Path], out_dir: Path, metric: str | None = None, spr
     statuses = Counter(entry.status for entry in runs)
     if len(run_dirs) > len(entries):
         statuses["unreadable"] += len(run_dirs) - len(entries)
-    return Report(text, table, jobs, runs, statuses)
+    return Report(text, table, jobs, runs, statuses, settings)
 
 
 def write_report(roots: list[Path], out_dir: Path, metric: str | None = None, spread: str | None = None,

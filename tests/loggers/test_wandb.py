@@ -282,3 +282,23 @@ def test_online_the_rows_sent_follow_what_w_and_b_has(tmp_path, server_has, expe
     for index in (4, 5, 6):  # a resume from a checkpoint after row 3
         logger.log_row({"step": 10 * index}, index)
     assert logger.run.logged == expected
+
+
+def test_a_sweep_logging_to_wandb_prints_a_few_lines_per_job_besides_its_table(tmp_path, monkeypatch):
+    """Issue 26: wandb's own console lines (banner, history, summary, sync hints: about 25 per job) drowned the
+    project's line per job; `logger.console=true` brings them back."""
+    monkeypatch.delenv("WANDB_SILENT")
+
+    def lines(*console: str) -> list[str]:
+        sweep = tmp_path / f"sweep{len(console)}"
+        done = cl_bench(tmp_path, "method=baseline,ewc", "logger=wandb", f"hydra.sweep.dir={sweep}", *console,
+                        multirun=True)
+        assert done.returncode == 0, done.stderr
+        table = (sweep / "report.md").read_text().splitlines()
+        printed = (done.stdout + done.stderr).splitlines()
+        return [line for line in printed if line.strip() and line not in table and "Results table" not in line]
+
+    quiet = lines()
+    assert len(quiet) <= 1 + 3 * 2, quiet  # Hydra's "Launching 2 jobs", then at most 3 lines per job
+    assert not any(line.startswith("wandb:") for line in quiet), quiet
+    assert any(line.startswith("wandb:") for line in lines("logger.console=true"))
