@@ -263,7 +263,7 @@ class Trainer:
             disable=None, mininterval=1.0,
         ) as progress:  # closed however the part ends
             for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
-                index = index.to(self.device)
+                index = index.to(self.device, non_blocking=True)
                 batch = self.method.extend_batch(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index))
                 with self.autocast:
                     logits = model(batch.x)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cl_bench.engine.optim import steps_on_host
 from cl_bench.engine.sequence_result import SequenceResult
 from cl_bench.models.head import grow_head
 
@@ -81,16 +82,18 @@ def restore(trainer: Trainer, state: dict) -> None:
     trainer.optimizer = None
     if state["optimizer"] is not None:
         trainer.optimizer = trainer.settings.optimizer.new(trainer.model.parameters(), trainer.settings.lr)
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.optimizer.load_state_dict(steps_on_host(state["optimizer"]))
     task = state["task"]
     if task is not None:
-        run = trainer.draw_task(task["task_idx"], task["sampler_state"])
+        run = trainer.draw_task(task["task_idx"], task["sampler_state"].cpu())
         if task.get("stage", 0) > 0:  # inside a stage: the method returns its stages again (Method.stages)
             run.stages = trainer.method_stages(trainer.context(run.task_idx))
-            trainer.begin_stage(run, task["stage"], task["stage_sampler_state"])
+            trainer.begin_stage(run, task["stage"], task["stage_sampler_state"].cpu())
         run.step, run.since, run.sums = task["step"], task["since"], task["sums"]
         run.nonfinite = task["nonfinite"].to(trainer.device)
         trainer.current = run
-    trainer.method_generator.set_state(state["method_rng"])  # after the hooks above, which may draw from it
-    trainer.sampler_generator.set_state(state["sampler_rng"])
-    torch.set_rng_state(state["rng"])
+    # The random streams are the CPU's (the same draws on every device): their states go back to the host from
+    # wherever the state was loaded (a checkpoint is loaded onto the run's device).
+    trainer.method_generator.set_state(state["method_rng"].cpu())  # after the hooks above, which may draw from it
+    trainer.sampler_generator.set_state(state["sampler_rng"].cpu())
+    torch.set_rng_state(state["rng"].cpu())
