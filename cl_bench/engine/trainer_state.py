@@ -39,6 +39,8 @@ def capture(trainer: Trainer) -> dict:
         "rng": torch.get_rng_state(),
         "sampler_rng": trainer.sampler_generator.get_state(),
         "method_rng": trainer.method_generator.get_state(),
+        # the CUDA generator's (dropout on the GPU draws from it), on CUDA only
+        **({"cuda_rng": torch.cuda.get_rng_state(trainer.device)} if trainer.device.type == "cuda" else {}),
         "result": asdict(trainer.result),
         **trainer.evaluator.state_dict(),
         "optimizer": None if trainer.optimizer is None else trainer.optimizer.state_dict(),
@@ -97,3 +99,5 @@ def restore(trainer: Trainer, state: dict) -> None:
     trainer.method_generator.set_state(state["method_rng"].cpu())  # after the hooks above, which may draw from it
     trainer.sampler_generator.set_state(state["sampler_rng"].cpu())
     torch.set_rng_state(state["rng"].cpu())
+    if "cuda_rng" in state and trainer.device.type == "cuda":  # a state saved on the GPU, continued on one
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), trainer.device)

@@ -1,7 +1,7 @@
 """GPU tier: one cache_dir for GPU and CPU runs. The task-A cache is keyed by the device type (a task A trained with
-CUDA's arithmetic is not the CPU's), so a run takes only the entry its own device trained, equal to training it;
-a run on the other device trains its own, within the tolerances of a run set against another device's. The CPU twin
-is the CPU-to-CPU case."""
+CUDA's arithmetic is not the CPU's), so a run takes only the entry its own device trained, and goes on exactly as
+if it had trained task A itself; a run on the other device trains its own, within the tolerances of a run set
+against another device's. The CPU twin is the CPU-to-CPU case."""
 
 from __future__ import annotations
 
@@ -29,7 +29,11 @@ def test_a_run_takes_the_task_a_its_own_device_trained(tmp_path, first, then):
     trained, trained_dir = tiny_run(tmp_path, *common, f"device={first}", name="first")
     other, other_dir = tiny_run(tmp_path, *common, f"device={then}", "lr=1e-4", name="other")
     again, again_dir = tiny_run(tmp_path, *common, f"device={then}", "lr=1e-2", name="again")
-    assert all(s["status"] == "ok" for s in (trained, other, again))
+    uncached, uncached_dir = tiny_run(tmp_path, *common, f"device={then}", "lr=1e-2", "first_task.cache=false",
+                                      name="uncached")
+    assert all(s["status"] == "ok" for s in (trained, other, again, uncached))
+    # a run that takes task A from the cache is the run that trains it (its state loaded onto the device)
+    assert (again_dir / "metrics.jsonl").read_text() == (uncached_dir / "metrics.jsonl").read_text()
     same = first == then
     assert (trained["first_task_cached"], other["first_task_cached"], again["first_task_cached"]) == (False, same, True)
     assert len(list((tmp_path / "outputs" / "cache" / "first_task").glob("*.pt"))) == (1 if same else 2)

@@ -30,6 +30,7 @@ HOST_SIDE = {
     "rng": "the CPU random stream (torch.manual_seed's): the same draws on every device",
     "sampler_rng": "the batch sampler's CPU generator: the same batches on every device",
     "method_rng": "the methods' CPU generator: the same draws (exemplars, replayed examples) on every device",
+    "cuda_rng": "the CUDA generator's state (dropout on the GPU): a ByteTensor torch keeps on the host",
     "task.sampler_state": "the sampler's state the task's batches were drawn from (a CPU generator's)",
     "task.stage_sampler_state": "the same, for a method's stage",
     "optimizer.state.*.step": "torch.optim keeps step counts on the host unless capturable or fused",
