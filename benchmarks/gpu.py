@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
 from image_loader import generate, loader_rates
 from methods import MODELS, prepared_step
 

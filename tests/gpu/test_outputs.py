@@ -10,8 +10,9 @@ import pytest
 
 from tests.helpers.cli import cl_bench
 from tests.helpers.devices import DEVICES
-from tests.loggers.test_wandb import final_summary, offline_runs, read_records, wandb_env  # noqa: F401 (wandb_env:
-# W&B offline, its files under tmp_path: an autouse fixture, here too)
+
+# wandb_env, an autouse fixture, applies here too: W&B offline, its files under tmp_path
+from tests.loggers.test_wandb import final_summary, offline_runs, read_records, wandb_env  # noqa: F401
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -88,7 +88,7 @@ def test_a_channels_last_run_keeps_its_layout_and_starts_as_the_default_layout(d
         assert summary["status"] == "ok", summary.get("error")
         rows = pd.read_json(run_dir / "metrics.jsonl", lines=True)
         first_losses[layout] = rows.query("task == 0 and task_step == 1")["loss/task"].item()
-        state = load_checkpoint(sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1])
+        state = load_checkpoint(max((run_dir / "checkpoints").glob("ckpt-*.pt")))
         weights = {"model": state["model"], "teacher": state["method"]["teacher"], "best": state["best"]["model"]}
         for where, kept in weights.items():
             conv = kept["features.4.0.conv1.weight"]  # [64, 64, 3, 3]: the layouts differ
