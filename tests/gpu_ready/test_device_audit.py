@@ -22,7 +22,7 @@ import cl_bench
 from cl_bench.engine.checkpoint import load_checkpoint
 from tests.helpers.config import TINY, compose_config
 from tests.helpers.devices import DEVICES, on
-from tests.helpers.methods import EVERY_METHOD
+from tests.helpers.methods import COMBINATIONS, EVERY_METHOD, method_names
 from tests.helpers.runs import tiny_run
 
 # Tensors of a run's state kept on the host on purpose, whatever its device (dotted paths; * matches one key).
@@ -99,6 +99,10 @@ def declared_host_state(overrides: list[str]) -> list[str]:
     combined = len(nodes) > 1
     return [f"method.{part}.{key}" if combined else f"method.{key}"
             for part, node in nodes.items() for key in get_class(node._target_).host_state]
+
+
+def test_the_tests_over_every_method_name_every_method():
+    assert sorted(name for name in EVERY_METHOD if name not in COMBINATIONS) == method_names()
 
 
 def test_the_walk_finds_a_tensor_on_another_device_wherever_it_is_nested():

@@ -29,5 +29,6 @@ COMBINATIONS = [name for name in EVERY_METHOD if "+" in name]
 
 
 def method_names() -> list[str]:
-    """The methods conf/method/ holds (a new one is a new file there: the tests above must name it)."""
+    """The methods conf/method/ holds: a new one is a new file there, which EVERY_METHOD must then name
+    (tests/gpu_ready/test_device_audit.py checks)."""
     return sorted(path.stem for path in (CONFIG_DIR / "method").glob("*.yaml"))
