@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -243,8 +242,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     smoke = args.smoke or device.type != "cuda"
     sizes = SMOKE if smoke else FULL
-    if device.type == "cpu":
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if device.type == "cpu":  # the smoke run: one thread, as the tests run beside others
+        torch.set_num_threads(1)
     precision, channels_last = defaults(device)
     figures: dict = {"device": device_description(device), "torch": torch.__version__, "smoke": smoke,
                      "sizes": asdict(sizes), "default": f"{precision}, channels-last {'on' if channels_last else 'off'}"}
