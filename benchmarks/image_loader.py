@@ -1,13 +1,23 @@
-"""Throughput of the image-folder loader (files vs decoded cache) and of ResNet-18 training on this machine.
+"""Throughput of the image-folder loader and of ResNet-18 training on this machine: images/s of a pass of training
+batches read from the JPEG files and from the decoded cache at each worker count (per worker too), of building the
+cache, and of ResNet-18 training steps on random batches.
 
-    python benchmarks/image_loader.py                 # ~2000 generated 256x256 JPEGs in a temp folder
+    python benchmarks/image_loader.py                     # 2,000 generated 640x480 photo JPEGs in a temp folder
     python benchmarks/image_loader.py --root ~/data/vmmrdb --images 0
+    python benchmarks/image_loader.py --parts loader --workers 1 2 --rounds 3 --json loader.json
+
+The generated JPEGs are crops of scikit-learn's two sample photographs (china.jpg, flower.jpg), colour-shifted and
+resized to `--size`, saved at quality 90: about 75 KB at 640x480, VMMRdb's usual size, so that decoding costs what a
+photograph's does (noise or flat colour would decode slower or faster than a photograph).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -19,28 +29,44 @@ from PIL import Image
 from cl_bench.data.image_folder import image_folder_tasks
 from cl_bench.models.resnet import resnet18
 
+PHOTOS = ("china.jpg", "flower.jpg")  # scikit-learn's sample images (640x427)
+PARTS = ("loader", "train")
 
-def generate(root: Path, n_images: int, n_classes: int = 10, side: int = 256) -> None:
-    """`n_images` JPEGs (smooth colour ramps plus noise, ~20 KB each) in `n_classes` folders."""
+
+def generate(root: Path, n_images: int, n_classes: int = 10, size: tuple[int, int] = (640, 480)) -> None:
+    """`n_images` photo JPEGs of `size` (width, height) in `n_classes` folders named like VMMRdb's."""
+    from sklearn.datasets import load_sample_image
+
     rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 1, side)
+    photos = [Image.fromarray(load_sample_image(name)) for name in PHOTOS]
     for i in range(n_images):
+        photo = photos[i % len(photos)]
+        fraction = rng.uniform(0.5, 0.9)
+        w, h = int(photo.width * fraction), int(photo.height * fraction)
+        x, y = int(rng.integers(0, photo.width - w)), int(rng.integers(0, photo.height - h))
+        crop = np.asarray(photo.crop((x, y, x + w, y + h)).resize(size, Image.BICUBIC), dtype=np.float32)
+        shifted = (crop * rng.uniform(0.7, 1.3, 3)).clip(0, 255).astype(np.uint8)
         folder = root / f"make{i % n_classes}_model_2004"
         folder.mkdir(parents=True, exist_ok=True)
-        colour = rng.uniform(0, 255, 3)
-        image = colour * ramp[:, None, None] + rng.normal(0, 20, (side, side, 3))
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+        Image.fromarray(shifted).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def loader_rate(root: Path, image_size: int, workers: int, batch_size: int, **options) -> tuple[float, dict]:
-    """Images/s of one pass of training batches over the train split (task construction excluded)."""
+def loader_rate(root: Path, image_size: int, workers: int, batch_size: int, device: str = "cpu",
+                **options) -> float:
+    """Images/s of one pass of training batches over the train split, normalised on `device` (task construction
+    and the workers' start excluded: a first batch is read before the clock starts)."""
     (task,) = image_folder_tasks("bench", str(root), image_size=image_size, workers=workers, **options)
-    n = len(task.train) // batch_size * batch_size
-    index_batches = list(torch.randperm(len(task.train))[:n].split(batch_size))
-    started = time.perf_counter()
-    for _ in task.train.batches(index_batches):
+    split = task.train.to(torch.device(device))
+    n = len(split) // batch_size * batch_size
+    index_batches = list(torch.randperm(len(split))[:n].split(batch_size))
+    for _ in split.batches(index_batches[:1]):
         pass
-    return n / (time.perf_counter() - started), task.info
+    gc.collect()  # an earlier measurement's loader and its workers go now, not while this one is timed
+    started = time.perf_counter()
+    for x, _ in split.batches(index_batches[1:]):
+        pass
+    x.sum().item()  # the last batch on the device (the copies run asynchronously on CUDA)
+    return (n - batch_size) / (time.perf_counter() - started)
 
 
 def cache_build_rate(root: Path, image_size: int, workers: int, cache_dir: Path) -> float:
@@ -50,6 +76,22 @@ def cache_build_rate(root: Path, image_size: int, workers: int, cache_dir: Path)
                                  decoded_cache=True, cache_dir=str(cache_dir))
     assert task.info["decoded_cache"]["built"]
     return sum(task.info["split_sizes"].values()) / (time.perf_counter() - started)
+
+
+def loader_rates(root: Path, image_size: int, workers: list[int], batch_size: int, rounds: int, cache_dir: Path,
+                 device: str = "cpu") -> dict[str, dict[int, float]]:
+    """Median images/s over `rounds` alternated passes onto `device`, from the files and from the decoded cache, by
+    worker count; and (under "build", at the most workers) of building the cache, the first check of every file
+    included."""
+    build = cache_build_rate(root, image_size, max(workers), cache_dir)  # the check's record is kept there too
+    sources = {"files": {"cache_dir": str(cache_dir)}, "cache": {"decoded_cache": True, "cache_dir": str(cache_dir)}}
+    rates: dict[str, dict[int, list[float]]] = {source: {n: [] for n in workers} for source in sources}
+    for _ in range(rounds):
+        for n in workers:
+            for source, options in sources.items():
+                rates[source][n].append(loader_rate(root, image_size, n, batch_size, device, **options))
+    medians = {source: {n: statistics.median(values) for n, values in by.items()} for source, by in rates.items()}
+    return {**medians, "build": {max(workers): build}}
 
 
 def train_rate(image_size: int, batch_size: int, steps: int, channels_last: bool = False) -> float:
@@ -71,33 +113,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, help="an image folder root/<folder>/<image> (default: generate one)")
     parser.add_argument("--images", type=int, default=2000, help="images to generate when --root is not given")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"),
+                        help="the generated images' width and height")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers, each measured")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="alternated passes per worker count and source")
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[224, 64], help="network input sides measured")
     parser.add_argument("--train-steps", type=int, default=5, help="timed ResNet-18 steps at 224 (x8 at 64)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--json", type=Path, help="also write the loader's figures here")
     args = parser.parse_args()
+    torch.set_num_threads(1)
+    figures = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = args.root or Path(scratch) / "images"
         if args.root is None:
-            generate(root, args.images)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, workers={args.workers}, "
-              f"batch {args.batch_size}, images under {root}, load average {os.getloadavg()[0]:.1f}")
-        for size in (224, 64):
-            cache_dir = Path(scratch) / f"cache{size}"
-            files, info = loader_rate(root, size, args.workers, args.batch_size)
-            augmented, _ = loader_rate(root, size, args.workers, args.batch_size, augment=True)
-            build = cache_build_rate(root, size, args.workers, cache_dir)
-            cached, _ = loader_rate(root, size, args.workers, args.batch_size,
-                                    decoded_cache=True, cache_dir=str(cache_dir))
-            cached_aug, _ = loader_rate(root, size, args.workers, args.batch_size, augment=True,
-                                        decoded_cache=True, cache_dir=str(cache_dir))
-            print(f"loader {size}px ({info['split_sizes']['train']} train images): files {files:.0f} img/s, "
-                  f"files+augment {augmented:.0f} img/s | cache build {build:.0f} img/s, "
-                  f"cached {cached:.0f} img/s, cached+augment {cached_aug:.0f} img/s")
-        for size, steps in ((224, args.train_steps), (64, 8 * args.train_steps)):
+            generate(root, args.images, size=tuple(args.size))
+        print(f"torch {torch.__version__}, workers {args.workers}, batch {args.batch_size}, images under {root}, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        for size in args.image_sizes if "loader" in args.parts else ():
+            rates = loader_rates(root, size, args.workers, args.batch_size, args.rounds, Path(scratch) / f"c{size}")
+            figures[size] = rates
+            for source in ("files", "cache"):
+                cells = ", ".join(f"{n} workers {rate:.0f} img/s" + (f" ({rate / n:.0f} a worker)" if n else "")
+                                  for n, rate in rates[source].items())
+                print(f"loader {size}px from the {source}: {cells}")
+            ((workers, build),) = rates["build"].items()
+            print(f"decoded cache {size}px built at {build:.0f} img/s ({workers} workers, the check included)")
+        for size, steps in ((224, args.train_steps), (64, 8 * args.train_steps)) if "train" in args.parts else ():
             for channels_last in (False, True):
                 rate = train_rate(size, args.batch_size, steps, channels_last)
                 print(f"resnet18 train {size}px batch {args.batch_size} channels_last={channels_last}: "
                       f"{rate:.2f} steps/s ({rate * args.batch_size:.0f} img/s), load average {os.getloadavg()[0]:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ accumulate (separate terms vs online running sums, `penalty`). One torch thread 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import time
@@ -23,8 +22,9 @@ from torch import nn
 
 from cl_bench.core.scenario import Scenario
 from cl_bench.data.task import Task, TensorSplit
+from cl_bench.engine.device import forward_autocast
 from cl_bench.engine.step import Step
-from cl_bench.methods.base import Batch, Method, TrainContext, task_split
+from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
 from cl_bench.methods.baseline import Baseline
 from cl_bench.methods.ewc import EWC
 from cl_bench.methods.fisher import diagonal_fisher, diagonal_fisher_loop
@@ -46,6 +46,11 @@ def random_split(n: int, shape: tuple[int, ...]) -> TensorSplit:
     return TensorSplit(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
+CPU = torch.device("cpu")
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
+}
 STEP_METHODS: dict[str, Callable[[], Method]] = {
     "baseline": Baseline,
     "ewc (separate)": lambda: EWC(lambda_=100.0, fisher_samples=200),
@@ -64,39 +69,42 @@ KD_METHODS = {name: STEP_METHODS[name] for name in ("baseline", "kd (recorded te
 
 
 def prepared_step(
-    name: str, make: Callable[[], Method], batch_size: int, scenario_name: str, n_tasks: int, n_classes: int
+    name: str, make: Callable[[], Method], batch_size: int, scenario_name: str, n_tasks: int, n_classes: int,
+    device: torch.device = CPU, precision: str = "fp32", n_examples: int = 2000, optimizer_name: str = "sgd",
 ) -> Callable[[], None]:
     """A training step of the last task under the method made by `make`, exactly as the trainer takes it
-    (extend_batch, forward, task loss, method terms, backward, after_backward, SGD step with momentum,
-    after_step, the loss terms' running sums), every earlier task having ended (its `after_task`)
-    after a random move of the parameters."""
+    (extend_batch, forward and loss terms under the precision's autocast, backward, after_backward, the optimiser's
+    step (SGD with momentum, or Adam), after_step, the loss terms' running sums) on `device`, every earlier task
+    having ended (its `after_task`) after a random move of the parameters; batches drawn from `n_examples` random
+    examples."""
     build, shape = MODELS[name]
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    split = TensorSplit(torch.randn(2000, *shape, generator=g), torch.randint(0, n_classes, (2000,), generator=g))
+    split = TensorSplit(torch.randn(n_examples, *shape, generator=g),
+                        torch.randint(0, n_classes, (n_examples,), generator=g)).to(device)
     tasks = [Task(f"t{t}", split, split, split, [str(c) for c in range(n_classes)], shape) for t in range(n_tasks)]
     scenario, method, generator = Scenario(scenario_name, [n_classes] * n_tasks), make(), torch.Generator().manual_seed(0)
     model = build()
     model.head = nn.Linear(model.head.in_features, scenario.n_outputs(0))  # the first task's head
-    cpu = torch.device("cpu")
+    model.to(device)
     for t in range(n_tasks):
         grow_head(model, scenario.n_outputs(t))
-        ctx = TrainContext(model, tasks, scenario, t, cpu, generator, batch_size, task_split(tasks, t))
+        task_ids = torch.full((len(split),), t, device=device)
+        ctx = TrainContext(model, tasks, scenario, t, device, generator, batch_size, TrainData(split, task_ids))
         method.before_task(ctx)
         if t < n_tasks - 1:
             with torch.no_grad():
                 for p in model.parameters():
                     p.add_(0.01 * torch.randn_like(p))
             method.after_task(ctx)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    train_step = Step(method, scenario, optimizer, contextlib.nullcontext(), torch.float64)
-    task_ids = ctx.data.task_ids
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
+    train_step = Step(method, scenario, optimizer, forward_autocast(precision, device), torch.float64)
     weight = method.task_loss_weight(ctx)
     sums: dict[str, torch.Tensor] = {}
     model.train()
 
     def step() -> None:
-        index = torch.randint(0, len(split), (batch_size,), generator=generator)
+        index = torch.randint(0, len(split), (batch_size,), generator=generator).to(device, non_blocking=True)
         x, y = split.gather(index)
         train_step(ctx, Batch(x, y, task_ids.index_select(0, index), index), weight, sums)
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from tests.helpers.config import compose_config
 from tests.helpers.data import write_mnist
+from tests.helpers.devices import NO_CUDA
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,6 +30,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if share:  # more workers than cores: they share them all
         os.sched_setaffinity(0, share)
         torch.set_num_threads(len(share))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The GPU tier (tests marked `gpu`) is skipped, with its reason, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_CUDA)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

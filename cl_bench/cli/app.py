@@ -161,7 +161,8 @@ def main(cfg: DictConfig) -> float:
         run_experiment,
     )
 
-    summary = run_experiment(cfg, own_dir, figure, override_keys(hydra_cfg.overrides.task))
+    typed = OmegaConf.to_container(hydra_cfg.overrides.task)  # as typed: `lr=${nope}` stays unresolved text
+    summary = run_experiment(cfg, own_dir, figure, override_keys(typed))
     if summary["status"] == "interrupted":
         summary = slurm_ending(summary, folder)
     if multirun and summary["status"] == "interrupted":

@@ -40,6 +40,14 @@ class Scenario:
         self.offsets = torch.tensor([0] * len(classes_per_task) if shared else starts[:-1])
         owner = [t for t, n in enumerate(self.classes_per_task) for _ in range(n)]
         self._unit_owner = torch.tensor(owner)
+        self._copies: dict[tuple[str, torch.device], Tensor] = {}
+
+    def _on(self, table: str, device: torch.device) -> Tensor:
+        """The host table `table` (offsets, _unit_owner) on `device`: copied once, not at every loss (a blocking
+        copy to a GPU at every step)."""
+        if (table, device) not in self._copies:
+            self._copies[table, device] = getattr(self, table).to(device)
+        return self._copies[table, device]
 
     @property
     def shared_head(self) -> bool:
@@ -75,13 +83,13 @@ class Scenario:
         """Output-unit index of each example's label."""
         if self.shared_head:
             return y
-        return y + self.offsets.to(y.device)[task_ids]
+        return y + self._on("offsets", y.device)[task_ids]
 
     def restrict(self, logits: Tensor, task_ids: Tensor) -> Tensor:
         """Logits with the units a scenario does not allow for each example set to -inf (task-IL)."""
         if self.name != "task":
             return logits
-        owner = self._unit_owner[: logits.shape[1]].to(logits.device)
+        owner = self._on("_unit_owner", logits.device)[: logits.shape[1]]
         return logits.masked_fill(owner[None, :] != task_ids[:, None], float("-inf"))
 
     def loss(self, logits: Tensor, y: Tensor, task_ids: Tensor) -> Tensor:

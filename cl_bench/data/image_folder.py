@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import pil_to_tensor
+from torchvision.transforms.v2 import functional as tvf
 
 from cl_bench.data.decoded_cache import DecodedImages, decoded_images, fingerprint
 from cl_bench.data.image_check import unreadable_images
@@ -44,10 +44,17 @@ def decode_image(path: str, draft: int) -> Image.Image:
         return to_rgb(image)
 
 
+def centre_crop(image: Image.Image, resize_to: int, size: int) -> Image.Image:
+    """The shorter side resized to `resize_to`, then the centre `size` x `size` crop: the pixels of
+    v2.Compose([v2.Resize(resize_to), v2.CenterCrop(size)]) without the transforms' per-call dispatch
+    (docs/performance.md#the-image-loader)."""
+    return tvf.center_crop(tvf.resize(image, [resize_to]), [size])
+
+
 def read_image(path: str, transform: Callable[[Image.Image], Image.Image], draft: int) -> Tensor:
     """One file as uint8 [3, H, W]: `decode_image`, then `transform`ed."""
     try:
-        return pil_to_tensor(transform(decode_image(path, draft)))
+        return tvf.pil_to_tensor(transform(decode_image(path, draft)))
     except Exception as error:  # PIL's decode errors take many types; re-raised naming the file
         raise OSError(f"cannot decode {path}: {type(error).__name__}: {error} (it passed the check of every file "
                       f"before training, so it changed since: restore it, or remove it and run again)") from error
@@ -67,7 +74,7 @@ class ImageSpec:
         if augment:
             crop = v2.RandomResizedCrop(self.image_size, self.crop_scale, CROP_RATIO)
             return v2.Compose([crop, v2.RandomHorizontalFlip()])
-        return v2.Compose([v2.Resize(self.resize), v2.CenterCrop(self.image_size)])
+        return partial(centre_crop, resize_to=self.resize, size=self.image_size)
 
     def reader(self, augment: bool) -> Callable[[str], Tensor]:
         return partial(read_image, transform=self.transform(augment), draft=self.resize)
@@ -96,8 +103,8 @@ def augment_batch(x: Tensor, scale: tuple[float, float]) -> Tensor:
     of a float batch [N, C, S, S], on its device."""
     n, size = len(x), x.shape[-1]
     boxes = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], crop_boxes(n, size, scale)], 1)
-    out = roi_align(x, boxes.to(x), (size, size), aligned=True)
-    flip = (torch.rand(n) < 0.5).to(x.device)[:, None, None, None]
+    out = roi_align(x, boxes.to(x, non_blocking=True), (size, size), aligned=True)
+    flip = (torch.rand(n) < 0.5).to(x.device, non_blocking=True)[:, None, None, None]
     return torch.where(flip, out.flip(-1), out)
 
 
@@ -156,10 +163,19 @@ class ImageSplit:
             x = augment_batch(x, self.spec.crop_scale)
         return x, y.to(self.device, non_blocking=True)
 
+    def _cached(self, index: Tensor) -> Tensor:
+        """The cached images of this split's examples `index` (on the host), gathered into page-locked memory when
+        the split is on CUDA, so that their copy to the device runs asynchronously."""
+        rows = self.rows[index]
+        if self.device.type != "cuda":
+            return self.cache[rows]
+        pinned = torch.empty((len(rows), *self.cache.shape[1:]), dtype=self.cache.dtype, pin_memory=True)
+        return torch.index_select(self.cache, 0, rows, out=pinned)
+
     def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
         index = index.cpu()
         if self.cache is not None:
-            return self._finish(self.cache[self.rows[index]], self.labels[index], self.augment)
+            return self._finish(self._cached(index), self.labels[index], self.augment)
         read = self.spec.reader(self.augment)
         with ThreadPoolExecutor(max(1, self.spec.workers)) as pool:
             images = list(pool.map(read, [self.paths[i] for i in index.tolist()]))
@@ -185,7 +201,7 @@ class ImageSplit:
         if self.cache is not None:
             for index in index_batches:
                 index = index.cpu()
-                yield self._finish(self.cache[self.rows[index]], self.labels[index], augment)
+                yield self._finish(self._cached(index), self.labels[index], augment)
             return
         loader = self._loader(purpose, augment)
         loader.batch_sampler.batches = index_batches

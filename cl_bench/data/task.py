@@ -69,7 +69,7 @@ class TensorSplit:
         return x.flatten(1).index_select(1, self.pixel_permutation).view_as(x)
 
     def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        index = index.to(self.y.device)
+        index = index.to(self.y.device, non_blocking=True)  # a host index (the trainer's batches) copied without a sync
         return self._permute(self.x.index_select(0, index)), self.y.index_select(0, index)
 
     def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
@@ -110,7 +110,7 @@ class ConcatSplit:
             xs.append(x)
             ys.append(y)
             order.append(where)
-        inverse = torch.argsort(torch.cat(order)).to(xs[0].device)
+        inverse = torch.argsort(torch.cat(order)).to(xs[0].device, non_blocking=True)
         return torch.cat(xs)[inverse], torch.cat(ys)[inverse]
 
     def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:

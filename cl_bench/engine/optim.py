@@ -48,6 +48,16 @@ def carried_optimizer(
     return optimizer
 
 
+def steps_on_host(state: dict) -> dict:
+    """An optimiser's `state_dict()` with its step counts on the host, where torch.optim keeps them unless the optimiser
+    is capturable or fused (its `load_state_dict` then moves them to the device). A state loaded onto the GPU (a
+    checkpoint, the task-A cache) brings them there, and Adam reads each one on the host at every step: a
+    synchronisation per parameter and step."""
+    steps = {index: {key: value.cpu() if key == "step" and isinstance(value, Tensor) else value
+                     for key, value in per_param.items()} for index, per_param in state["state"].items()}
+    return {**state, "state": steps}
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

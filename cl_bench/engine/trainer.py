@@ -22,7 +22,7 @@ from cl_bench.core.state_format import STATE_FORMAT
 from cl_bench.data.task import Task
 from cl_bench.engine.device import forward_autocast
 from cl_bench.engine.evaluator import Evaluator
-from cl_bench.engine.optim import set_lr
+from cl_bench.engine.optim import set_lr, steps_on_host
 from cl_bench.engine.settings import TrainerSettings
 from cl_bench.engine.step import Step, reserved_free
 from cl_bench.engine.trainer_state import SavedTask, check_format
@@ -251,7 +251,7 @@ class Trainer:
                   disable=None, mininterval=1.0) as progress:  # closed however the part ends
             started = time.perf_counter()
             for index, (x, y) in zip(remaining, run.data.split.batches(remaining)):
-                index = index.to(self.device)
+                index = index.to(self.device, non_blocking=True)
                 step(ctx, Batch(x, y, run.data.task_ids.index_select(0, index), index), run.task_weight, run.sums)
                 run.step, run.since, self.global_step = run.step + 1, run.since + 1, self.global_step + 1
                 at_eval = run.step % self.settings.eval_every == 0 or run.step == run.end
@@ -354,6 +354,8 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "sampler_rng": self.sampler_generator.get_state(),
             "method_rng": self.method_generator.get_state(),
+            # the CUDA generator's (dropout on the GPU draws from it), on CUDA only
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             "result": asdict(self.result),
             **self.evaluator.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
@@ -374,17 +376,22 @@ class Trainer:
         self.optimizer = None
         if state["optimizer"] is not None:
             self.optimizer = self.settings.optimizer.new(self.model.parameters(), self.settings.lr)
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(steps_on_host(state["optimizer"]))
         if state["task"] is not None:
             saved = SavedTask.from_state(state["task"])
             run = self.current = self.task_run(saved.task_idx)
-            run.sampler_states[0] = saved.sampler_state
+            run.sampler_states[0] = saved.sampler_state.cpu()
             self.method.resume_task(self.context(run.task_idx))
             if saved.stage > 0:  # inside a stage: the method returns its stages again (Method.stages)
                 self.know_stages(run)
-            self.begin_part(run, saved.stage, saved.stage_sampler_state if saved.stage else saved.sampler_state)
+            sampler_state = saved.stage_sampler_state if saved.stage else saved.sampler_state
+            self.begin_part(run, saved.stage, sampler_state.cpu())
             run.step, run.since, run.sums = saved.step, saved.since, saved.sums
             run.nonfinite = saved.nonfinite.to(self.device)
-        self.method_generator.set_state(state["method_rng"])  # after the hooks above, which may draw from it
-        self.sampler_generator.set_state(state["sampler_rng"])
-        torch.set_rng_state(state["rng"])
+        # The random streams are the CPU's (the same draws on every device): their states go back to the host from
+        # wherever the state was loaded (a checkpoint is loaded onto the run's device).
+        self.method_generator.set_state(state["method_rng"].cpu())  # after the hooks above, which may draw from it
+        self.sampler_generator.set_state(state["sampler_rng"].cpu())
+        torch.set_rng_state(state["rng"].cpu())
+        if "cuda_rng" in state and self.device.type == "cuda":  # a state saved on the GPU, continued on one
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)

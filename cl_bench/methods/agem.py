@@ -62,7 +62,7 @@ class AGEM(Method):
         memory = self.memory.memory
         size = len(memory["y"])
         m = min(self.memory_batch_size or ctx.batch_size, size)
-        pick = torch.randperm(size, generator=ctx.generator)[:m].to(memory["y"].device)
+        pick = torch.randperm(size, generator=ctx.generator)[:m].to(memory["y"].device, non_blocking=True)
         return tuple(memory[key].index_select(0, pick).to(ctx.device) for key in ("x", "y", "task_ids"))
 
     def after_backward(self, ctx: TrainContext) -> None:

@@ -92,6 +92,10 @@ class Method:
     # 0 adds gradient terms (closed-form penalty gradients), 1 projects the gradient (A-GEM), so that a
     # projection sees the gradient the optimiser will take.
     gradient_edit_order = 0
+    # The keys of `state_dict()` whose tensors the method keeps on the host on purpose, whatever the run's device
+    # (e.g. indices into a task's split, which the split gathers on its own device); every other tensor of its
+    # state is on the run's device (tests/gpu_ready/test_device_audit.py checks both).
+    host_state: tuple[str, ...] = ()
     # The scenarios (core/scenario.py) the method is defined in; a run in another is refused before
     # anything is built (methods/build.py), e.g. iCaRL's nearest-mean classifier outside class-IL.
     scenarios: tuple[str, ...] = SCENARIOS

@@ -90,7 +90,7 @@ class DER(Method):
         self.drawn = [torch.randperm(filled, generator=ctx.generator)[:m] for _ in weights] if m else []
         if not self.drawn:
             return batch
-        pick = torch.cat(self.drawn).to(self.buffer["y"].device)
+        pick = torch.cat(self.drawn).to(self.buffer["y"].device, non_blocking=True)
         x, y, task_ids = (self.buffer[key].index_select(0, pick).to(batch.x.device) for key in ("x", "y", "task_ids"))
         return Batch(
             torch.cat([batch.x, x]),
@@ -106,7 +106,7 @@ class DER(Method):
         own = len(batch.y) - m * len(self.drawn)
         terms, start = {}, own
         if m and self.alpha > 0:
-            pick = self.drawn[0].to(self.buffer["units"].device)
+            pick = self.drawn[0].to(self.buffer["units"].device, non_blocking=True)
             stored, units = (self.buffer[key].index_select(0, pick).to(logits.device) for key in ("logits", "units"))
             terms["der_logits"] = self.alpha * logit_mse(logits[start : start + m], stored, units)
             start += m
@@ -137,7 +137,7 @@ class DER(Method):
         if not len(target):
             return
         device = self.buffer["y"].device
-        target, source = target.to(device), source.to(device)
+        target, source = target.to(device, non_blocking=True), source.to(device, non_blocking=True)
         self.buffer["x"][target] = x[source]
         self.buffer["y"][target] = y[source]
         self.buffer["task_ids"][target] = task_ids[source]

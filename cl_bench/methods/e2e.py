@@ -46,6 +46,7 @@ class E2E(Method):
     scenarios = ("class",)
     selectable = ("memory_size",)
     owns = frozenset({"train_data", "stages"})
+    host_state = ("balanced_index",)  # rows of the task's training split, drawn from the host-side labels
 
     def __init__(self, memory_size: int = 200, T: float = 2.0, balanced_epochs: float = 30.0, lr_factor: float = 0.1):
         self.memory = Replay(memory_size, selection="herding")  # the exemplars and their update rule

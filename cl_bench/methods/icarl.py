@@ -22,16 +22,25 @@ def normalised_features(model: nn.Module, x: Tensor) -> Tensor:
     return F.normalize(torch.cat(chunks), dim=1)
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """`x` in float32 if it is of a narrower float type (bf16 under autocast), else as it is."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def nearest_mean_scores(phi: Tensor, means: Tensor, present: Tensor) -> Tensor:
-    """−‖φ − μ_y‖² for every unit y (−inf for a unit with no exemplars): the argmax is the nearest mean."""
-    squared = phi.square().sum(1, keepdim=True) + means.square().sum(1) - 2 * phi @ means.T
+    """−‖φ − μ_y‖² for every unit y (−inf for a unit with no exemplars): the argmax is the nearest mean. In float32
+    under any autocast: with normalised features ‖φ‖² + ‖μ‖² − 2φ·μ is 2 − 2φ·μ, which cancels, and a bf16 product
+    φ·μ would leave percents of error in the distances of close classes."""
+    with torch.autocast(phi.device.type, enabled=False):
+        phi, means = at_least_float32(phi), at_least_float32(means)
+        squared = phi.square().sum(1, keepdim=True) + means.square().sum(1) - 2 * phi @ means.T
     return (-squared).masked_fill(~present, float("-inf"))
 
 
 def class_means(model: nn.Module, x: Tensor, units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
     """For each of `n_units` output units, the L2-normalised mean of the normalised features of its exemplars
-    `x` (their units `units`), and whether it has any."""
-    phi = normalised_features(model, x)
+    `x` (their units `units`), summed in float32 (the features may be bf16, under autocast), and whether it has any."""
+    phi = at_least_float32(normalised_features(model, x))
     sums = phi.new_zeros(n_units, phi.shape[1]).index_add_(0, units, phi)
     return F.normalize(sums, dim=1), torch.bincount(units, minlength=n_units) > 0
 

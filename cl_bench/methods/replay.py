@@ -155,7 +155,8 @@ class Replay(Method):
         if not self.memory:
             return batch
         size = len(self.memory["y"])
-        pick = torch.randperm(size, generator=ctx.generator)[: self.replayed_count(ctx)].to(self.memory["y"].device)
+        pick = torch.randperm(size, generator=ctx.generator)[: self.replayed_count(ctx)]
+        pick = pick.to(self.memory["y"].device, non_blocking=True)
         x, y, task_ids = (self.memory[key].index_select(0, pick).to(batch.x.device) for key in ("x", "y", "task_ids"))
         return Batch(
             torch.cat([batch.x, x]),

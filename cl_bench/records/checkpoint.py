@@ -62,7 +62,7 @@ def _read_payload(path: Path) -> tuple[bytes, bool]:
     return payload, True
 
 
-def _torch_load(path: Path, payload: bytes, device: torch.device | str) -> Any:
+def _torch_load(path: Path, payload: bytes, device: torch.device | str | None) -> Any:
     """`payload` loaded with torch.load(weights_only=True): tensors and plain values only."""
     try:
         return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
@@ -87,9 +87,10 @@ def _refuse_unchecked(path: Path, data: bytes) -> NoReturn:
     )
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint's state, once its checksum verifies; refuses a file that would need to run code to
-    load. Raises CorruptState (truncated, hash mismatch) or IncompatibleState (no checksum: an earlier cl_bench)."""
+def load_checkpoint(path: Path, device: torch.device | str | None = "cpu") -> dict[str, Any]:
+    """A checkpoint's state, once its checksum verifies, its tensors on `device` (None: each on the device it was
+    saved from); refuses a file that would need to run code to load. Raises CorruptState (truncated, hash mismatch)
+    or IncompatibleState (no checksum: an earlier cl_bench)."""
     payload, verified = _read_payload(path)
     if not verified:
         _refuse_unchecked(path, payload)

@@ -13,10 +13,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
+from torchvision.transforms import v2
 
 from cl_bench.data import image_check
 from cl_bench.data.image_check import header_error
-from cl_bench.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageSpec, image_folder_tasks
+from cl_bench.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageSpec, decode_image, image_folder_tasks
 from tests.helpers.data import flip_scan_bytes, make_tree, picture, save_coloured_picture
 from tests.helpers.runs import COMPARED, tiny_run
 
@@ -289,3 +290,33 @@ def test_dataset_configs_instantiate(make_config, tmp_path):
     assert vmmr.class_names == ["honda", "kia"] and vmmr.input_shape == (3, 16, 16)
     (color,) = instantiate(cfg.dataset.car_color, name="car_color")
     assert color.class_names == ["red", "white"] and color.input_shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize(("size", "resize"), [(16, 16), (16, 20), (224, 224), (224, 256)])
+def test_the_readers_resize_and_centre_crop_are_torchvisions_pixel_for_pixel(tmp_path, size, resize):
+    """The eval reader calls torchvision's functional resize and centre crop instead of a v2.Compose of the two
+    transforms (the same pixels, less work per image: docs/performance.md#the-image-loader)."""
+    shapes = {"wide.jpg": (640, 480), "tall.jpg": (300, 500), "small.png": (40, 30), "square.jpg": (256, 256)}
+    reference = v2.Compose([v2.Resize(resize), v2.CenterCrop(size)])
+    for name, shape in shapes.items():
+        path = tmp_path / name
+        picture(len(name), shape).save(path)
+        read = ImageSpec(size, resize, (0.08, 1.0), 0).reader(False)(str(path))
+        assert read.shape == (3, size, size) and read.dtype == torch.uint8
+        assert torch.equal(read, v2.functional.pil_to_tensor(reference(decode_image(str(path), resize)))), name
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+def test_the_decoded_cache_is_a_memory_mapped_file_not_a_copy_in_memory(tmp_path):
+    """A VMMRdb-sized cache (~290,000 images, ~44 GB at 224) need not fit in RAM: the file is mapped, its pages read
+    as batches touch them."""
+    root = make_tree(tmp_path / "m", {"a": 6, "b": 6})
+    cache_dir = tmp_path / "cache"
+    load(root, decoded_cache=True, cache_dir=str(cache_dir))
+    task = load(root, decoded_cache=True, cache_dir=str(cache_dir))
+    assert not task.info["decoded_cache"]["built"]
+    path = str(Path(task.info["decoded_cache"]["path"]).resolve())
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(path)]
+    assert mapped, f"{path} is not mapped"
+    start, end = (int(bound, 16) for bound in mapped[0].split()[0].split("-"))
+    assert start <= task.train.cache.data_ptr() < end  # the split's images are the mapping itself

@@ -39,6 +39,14 @@ class NaNAtStep(Baseline):
         return {"poison": logits.new_tensor(float("nan") if self.calls >= self.step else 0.0)}
 
 
+class HostReadInStep(Baseline):
+    """The baseline, reading a value of every step on the host (`float(...)`): a synchronisation per step on a GPU."""
+
+    def loss_terms(self, ctx, batch, logits) -> dict[str, torch.Tensor]:
+        self.last = float(logits.detach().sum())
+        return {}
+
+
 class TermNamed(Baseline):
     """The baseline, adding a zero loss term named `name`."""
 
