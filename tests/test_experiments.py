@@ -89,7 +89,8 @@ def test_the_whole_sweep_runs_on_real_mnist_and_reports_every_row(experiment, mn
     if all("accuracy_matrices" in s for s in summaries):  # class-IL: the task-aware table of the same runs
         aware = make_report([sweep], tmp_path / "task_aware", metric="final_task_aware_accuracy").table.frame
         for technique, final in zip(aware.Technique, aware.final_task_aware_accuracy):
-            last_rows = [s["accuracy_matrices"]["task_aware"]["test"][-1] for s in summaries if s["method"] == technique]
+            runs = [s for s in summaries if s["method"] == technique]
+            last_rows = [s["accuracy_matrices"]["task_aware"]["test"][-1] for s in runs]
             assert final == pytest.approx(sum(sum(row) / len(row) for row in last_rows) / len(last_rows)), technique
     if experiment in RANDOM_ORDERS:
         orders = {tuple(s["tasks"]) for s in summaries}

@@ -82,7 +82,8 @@ def test_rotated_mnist_config_builds_twenty_tasks_whose_angles_follow_the_seed(m
     assert [task.info["degrees"] for task in tasks] == rotation_angles(20, 0.0, 180.0, 4)
     source = mnist(str(mnist_dir))
     x, _ = tasks[7].test.gather(torch.arange(3))
-    assert torch.equal(x, torch.stack([mammoth_rotated(image, tasks[7].info["degrees"]) for image in source.test_x[:3]]))
+    degrees = tasks[7].info["degrees"]
+    assert torch.equal(x, torch.stack([mammoth_rotated(image, degrees) for image in source.test_x[:3]]))
 
 
 @pytest.mark.parametrize(("settings", "message"), [

@@ -238,7 +238,8 @@ def test_the_task_aware_final_accuracy_is_a_table_of_its_own(sweep, caplog):
     text, table = sweep.report(metric="final_task_aware_accuracy")
     ewc = row(table, "EWC")
     assert json.loads(ewc.params)["method.lambda"] == 100
-    assert ewc.final_task_aware_accuracy == pytest.approx(0.925) and ewc.final_task_aware_val_accuracy == pytest.approx(0.9)
+    assert ewc.final_task_aware_accuracy == pytest.approx(0.925)
+    assert ewc.final_task_aware_val_accuracy == pytest.approx(0.9)
     assert ewc.final_task_aware_accuracy_A == pytest.approx(0.9)
     assert row(table, "Baseline").final_task_aware_accuracy == pytest.approx(0.75)
     assert text.startswith("| Sequence | Technique | Val final task-aware acc | Test final task-aware acc_A |")
