@@ -16,7 +16,7 @@ def linears(model: MLP) -> list[nn.Linear]:
     return [layer for layer in model.modules() if isinstance(layer, nn.Linear)]
 
 
-def test_xavier_draws_weights_uniform_within_mammoths_bound_and_zero_biases():
+def test_xavier_draws_weights_uniform_within_mammoths_bound_and_zero_biases_the_default_pytorchs():
     torch.manual_seed(0)
     model = MLP((1, 28, 28), 10, [100, 100], init="xavier")
     for layer in linears(model):
@@ -26,10 +26,7 @@ def test_xavier_draws_weights_uniform_within_mammoths_bound_and_zero_biases():
         assert weights.abs().max() <= bound and weights.abs().max() > 0.95 * bound
         assert abs(weights.std().item() - bound / math.sqrt(3)) < 0.05 * bound  # uniform: std = bound / √3
         assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
-
-
-def test_the_default_is_pytorchs_initialisation():
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the default stays PyTorch's own
     default = MLP((1, 28, 28), 10, [100, 100])
     torch.manual_seed(0)
     plain = [nn.Linear(784, 100), nn.Linear(100, 100), nn.Linear(100, 10)]
