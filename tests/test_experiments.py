@@ -38,6 +38,8 @@ SMALLER = {  # the CNN evaluated on every task's 6,000 validation images is CPU-
     "buzzega_perm_mnist": ["dataset.permuted_mnist.n_tasks=3"],
     "buzzega_rot_mnist": ["dataset.rotated_mnist.n_tasks=3", "first_task.steps=300"],
 }
+# A whole sweep's jobs in one process, one after another: up to 23 of them (Buzzega et al.'s Seq-MNIST).
+SWEEP_TIMEOUT = 900
 # One run with the random task order on: the same seed gives every job the same (shuffled) tasks.
 RANDOM_ORDERS = {"van_de_ven_split_mnist": ["task_order=random"]}
 
@@ -74,7 +76,8 @@ def test_every_value_of_the_sweep_grid_composes(experiment):
 @pytest.mark.parametrize("experiment", sorted(set(EXPERIMENTS) - RUN_ELSEWHERE))
 def test_the_whole_sweep_runs_on_real_mnist_and_reports_every_row(experiment, mnist_data, tmp_path):
     overrides = [*SMOKE, *SMALLER.get(experiment, []), *RANDOM_ORDERS.get(experiment, [])]
-    done = cl_bench(tmp_path, f"experiment={experiment}", f"data_dir={mnist_data}", *overrides, multirun=True)
+    done = cl_bench(tmp_path, f"experiment={experiment}", f"data_dir={mnist_data}", *overrides, multirun=True,
+                    timeout=SWEEP_TIMEOUT)
     assert done.returncode == 0, done.stderr
     (sweep,) = (tmp_path / "out" / "multirun").glob("*/*")
     summaries = [json.loads(path.read_text()) for path in sweep.glob("*/summary.json")]
