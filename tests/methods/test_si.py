@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.core.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext, defined_hook
 from cl_bench.methods.baseline import Baseline
@@ -200,3 +201,8 @@ def test_si_trains_task_a_itself_and_forgets_less_than_the_baseline(tmp_path):
     pd.testing.assert_frame_equal(si_a[a.columns], a)  # no penalty on A: trained as the baseline
     assert si_a["loss/si"].isna().all()
     assert si["forgetting"]["A"] < baseline["forgetting"]["A"] / 2
+
+
+def test_a_clip_that_is_not_positive_is_refused():
+    with pytest.raises(ConfigError, match=r"method.clip=0: must be a finite number > 0"):
+        SI(clip=0)
