@@ -17,7 +17,13 @@
 #               task-/domain-IL                                                    12 x 3 seeds
 # buzzega       Buzzega et al.'s Seq-MNIST class-IL (5 tasks x 2 digits, MLP 2x100,
 #               SGD, batch 10, one epoch a task): SGD, JOINT, ER, A-GEM, iCaRL,
-#               DER, DER++ at buffers 200 and 500                                  12 rows x 3 seeds
+#               DER, DER++ at buffers 200, 500 and 5120; oEWC, SI, LwF, GEM
+#               (the Task-IL column: cl-bench-report --metric final_task_aware_accuracy)  23 rows x 3 seeds
+# buzzega_perm  Buzzega et al.'s P-MNIST (domain-IL, 20 permutations, MLP 2x100, SGD,
+#               batch 128, one epoch a task): SGD, JOINT, oEWC, SI, ER, GEM, A-GEM,
+#               DER, DER++ at buffers 200, 500 and 5120                            19 rows x 3 seeds
+# buzzega_rot   Buzzega et al.'s R-MNIST (domain-IL, 20 rotations in [0, 180) degrees),
+#               the same rows                                                      19 rows x 3 seeds
 set -euo pipefail
 
 case "${1:-}" in
@@ -26,6 +32,8 @@ case "${1:-}" in
   sorberg) experiment=sorberg_permuted_mnist ;;
   van_de_ven) experiment=van_de_ven_split_mnist ;;
   buzzega) experiment=buzzega_split_mnist ;;
+  buzzega_perm) experiment=buzzega_perm_mnist ;;
+  buzzega_rot) experiment=buzzega_rot_mnist ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | cut -c3- >&2; exit 2 ;;
 esac
 shift

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun folders")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first folder)")
     parser.add_argument("--metric", choices=sorted(METRICS), default=None,
-                        help="score: peak-average Score | final_accuracy: mean accuracy after the last task "
+                        help="score: peak-average Score | final_accuracy: mean accuracy after the last task | "
+                             "final_task_aware_accuracy: the same, class-IL's task-aware accuracy "
                              "(default: the runs' report.metric)")
     parser.add_argument("--spread", choices=sorted(SPREADS), default=None,
                         help="the ± of the table: sample std or SEM (default: the runs' report.spread)")

@@ -1,5 +1,5 @@
-"""Task builders over a labelled source: class splits (split MNIST) and pixel permutations
-(permuted MNIST), and the run's task sequence from the selected dataset configs. Task and class
+"""Task builders over a labelled source: class splits (split MNIST) and pixel maps (permuted MNIST; rotated
+MNIST's in data/rotations.py), and the run's task sequence from the selected dataset configs. Task and class
 orders are as configured (`fixed`) or shuffled by a seed (`random`)."""
 
 from __future__ import annotations
@@ -126,10 +126,37 @@ def equal_split_tasks(
     return split_tasks(source, splits, name, val_fraction, split_seed, class_order, order_seed)
 
 
-def pixel_permutations(n_tasks: int, n_pixels: int, permutation_seed: int) -> list[Tensor | None]:
-    """The first task's permutation is the identity (None); the others are seeded random."""
+def pixel_permutations(n_tasks: int, n_pixels: int, permutation_seed: int,
+                       identity_first: bool = True) -> list[Tensor | None]:
+    """Seeded random permutations, one per task; the first task's the identity (None) if `identity_first`."""
     generator = torch.Generator().manual_seed(permutation_seed)
-    return [None] + [torch.randperm(n_pixels, generator=generator) for _ in range(n_tasks - 1)]
+    first = [None] if identity_first else []
+    return first + [torch.randperm(n_pixels, generator=generator) for _ in range(n_tasks - len(first))]
+
+
+def pixel_mapped_tasks(
+    source: LabelledImages, pixel_maps: list[Tensor | None], name: str, val_fraction: float, split_seed: int
+) -> list[Task]:
+    """One task of every class per pixel map (TensorSplit.pixel_map; None: the images as they are), every task
+    over one copy of the source's images and one train/val split."""
+    check_test_labels(source, name)
+    if source.classes != list(range(len(source.classes))):
+        raise ValueError(f"dataset.{name}: permuted and rotated tasks train on the source's labels as they are, "
+                         f"so they must be 0..n-1; {source.name}'s training labels are {source.classes}: give a "
+                         f"source whose training part holds every class")
+    train, val = _train_val(source.train_x, source.train_y, val_fraction, split_seed)
+    test = TensorSplit(source.test_x, source.test_y)
+    return [
+        Task(
+            name=f"{name}.{position}",
+            train=TensorSplit(train.x, train.y, pixel_map),
+            val=TensorSplit(val.x, val.y, pixel_map),
+            test=TensorSplit(test.x, test.y, pixel_map),
+            class_names=[str(c) for c in source.classes],
+            input_shape=tuple(source.train_x.shape[1:]),
+        )
+        for position, pixel_map in enumerate(pixel_maps)
+    ]
 
 
 def permuted_tasks(
@@ -139,31 +166,15 @@ def permuted_tasks(
     permutation_seed: int = 0,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    identity_first: bool = True,
 ) -> list[Task]:
-    """`n_tasks` tasks of every class, each with its own fixed pixel permutation (Sörberg's permuted MNIST)."""
+    """`n_tasks` tasks of every class, each with its own fixed pixel permutation: the first the identity
+    (Sörberg's permuted MNIST) or, with `identity_first=false`, a permutation too (Mammoth's perm-mnist)."""
     if n_tasks < 1:
         raise ValueError(f"dataset.{name}.n_tasks={n_tasks}: must be at least 1")
-    check_test_labels(source, name)
-    if source.classes != list(range(len(source.classes))):
-        raise ValueError(f"dataset.{name}: permuted tasks train on the source's labels as they are, so they must "
-                         f"be 0..n-1; {source.name}'s training labels are {source.classes}: give a source whose "
-                         f"training part holds every class")
-    train, val = _train_val(source.train_x, source.train_y, val_fraction, split_seed)
-    test = TensorSplit(source.test_x, source.test_y)
-    shape = tuple(source.train_x.shape[1:])
-    tasks = []
-    for position, perm in enumerate(pixel_permutations(n_tasks, math.prod(shape), permutation_seed)):
-        tasks.append(
-            Task(
-                name=f"{name}.{position}",
-                train=TensorSplit(train.x, train.y, perm),
-                val=TensorSplit(val.x, val.y, perm),
-                test=TensorSplit(test.x, test.y, perm),
-                class_names=[str(c) for c in source.classes],
-                input_shape=shape,
-            )
-        )
-    return tasks
+    n_pixels = math.prod(source.train_x.shape[1:])
+    permutations = pixel_permutations(n_tasks, n_pixels, permutation_seed, identity_first)
+    return pixel_mapped_tasks(source, permutations, name, val_fraction, split_seed)
 
 
 def check_splits(task: Task) -> None:

@@ -39,17 +39,21 @@ class Split(Protocol):
 class TensorSplit:
     """A split held as tensors (on the training device), batched by index.
 
-    `pixel_permutation`, when set, is applied to the flattened pixels of every gathered batch, so
-    permuted tasks share one copy of the images.
+    `pixel_map`, when set, gives each pixel of a gathered example (its flattened position) the position of the
+    stored pixel it shows, or the number of pixels for a blank (0): a permutation (permuted tasks), or a nearest-
+    neighbour rotation whose corners are blank (rotated tasks). So such tasks share one copy of the images.
     """
 
     x: Tensor
     y: Tensor
-    pixel_permutation: Tensor | None = None
+    pixel_map: Tensor | None = None
+    blanks: bool = field(init=False, repr=False)  # whether the map shows a blank anywhere
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} examples but y has {len(self.y)}")
+        pixels = self.x[0].numel() if len(self.x) else 0
+        self.blanks = self.pixel_map is not None and bool((self.pixel_map == pixels).any())
 
     def __len__(self) -> int:
         return len(self.y)
@@ -59,18 +63,21 @@ class TensorSplit:
         return True
 
     def to(self, device: torch.device) -> "TensorSplit":
-        perm = None if self.pixel_permutation is None else self.pixel_permutation.to(device)
-        return TensorSplit(self.x.to(device), self.y.to(device), perm)
+        pixel_map = None if self.pixel_map is None else self.pixel_map.to(device)
+        return TensorSplit(self.x.to(device), self.y.to(device), pixel_map)
 
-    def _permute(self, x: Tensor) -> Tensor:
-        """The batch's pixels permuted; index_select, several times faster on CPU than `[:, perm]`."""
-        if self.pixel_permutation is None:
+    def _mapped(self, x: Tensor) -> Tensor:
+        """The batch's pixels mapped; index_select, several times faster on CPU than `[:, map]`."""
+        if self.pixel_map is None:
             return x
-        return x.flatten(1).index_select(1, self.pixel_permutation).view_as(x)
+        flat = x.flatten(1)
+        if self.blanks:
+            flat = torch.nn.functional.pad(flat, (0, 1))
+        return flat.index_select(1, self.pixel_map).view_as(x)
 
     def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
         index = index.to(self.y.device, non_blocking=True)  # a host index (the trainer's batches) copied without a sync
-        return self._permute(self.x.index_select(0, index)), self.y.index_select(0, index)
+        return self._mapped(self.x.index_select(0, index)), self.y.index_select(0, index)
 
     def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         for index in index_batches:
@@ -78,7 +85,7 @@ class TensorSplit:
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, len(self), batch_size):
-            yield self._permute(self.x[start : start + batch_size]), self.y[start : start + batch_size]
+            yield self._mapped(self.x[start : start + batch_size]), self.y[start : start + batch_size]
 
 
 class ConcatSplit:

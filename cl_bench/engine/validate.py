@@ -32,6 +32,7 @@ from cl_bench.data.sequences import check_order
 from cl_bench.data.task import Task
 from cl_bench.engine.device import PRECISIONS
 from cl_bench.engine.optim import OPTIMIZER_STATES
+from cl_bench.models.mlp import INITS
 from cl_bench.models.options import check_channels_last
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -161,6 +162,8 @@ def _model(node: DictConfig) -> None:
             checks.number(f"model.{key}", node[key], "in [0, 1)", lambda v: 0 <= v < 1, finite=False)
     if "channels_last" in node:
         check_channels_last(node.channels_last)
+    if "init" in node:
+        checks.choice("model.init", node.init, INITS)
 
 
 def _run_keys(cfg: DictConfig) -> None:

@@ -7,6 +7,8 @@ p = softmax(scenario.restrict(logits, task_ids)), the model in eval mode. The la
 - ``empirical``: the data label (the empirical Fisher of the split-MNIST EWC tutorial and Sörberg's report);
 - ``sample``: drawn from p(·|x) (Kirkpatrick et al.), by inverse CDF from uniforms drawn with the
   given generator for the whole index up front, so the draw does not depend on batching;
+- ``empirical_weighted``: the data label's, its squared gradient weighted by its probability p(y|x) (detached;
+  Mammoth's online EWC, Buzzega et al. 2020);
 - ``argmax``: the most probable allowed class;
 - ``expected``: the exact expectation Σ_c p(c|x)·(∂ log p(c|x))², p detached. It costs one backward
   pass per class that has non-zero probability for some example of the batch.
@@ -29,7 +31,7 @@ from cl_bench.core.per_sample_grads import fast_path_gap, hooks_agree, squared_g
 from cl_bench.core.scenario import Scenario
 from cl_bench.data.task import Split
 
-LABELS = ("empirical", "sample", "argmax", "expected")
+LABELS = ("empirical", "empirical_weighted", "sample", "argmax", "expected")
 
 
 def diagonal_fisher(
@@ -132,9 +134,12 @@ def _label_passes(
         p = log_p.detach().exp()
         live = (p > 0).any(0).nonzero().squeeze(1).tolist()
         return [(p[:, c].sqrt() * log_p[:, c]).sum() for c in live]
-    if label == "empirical":
+    if label in ("empirical", "empirical_weighted"):
         task_ids = torch.full_like(y, task_id)
         units = scenario.targets(y, task_ids)
+        if label == "empirical_weighted":
+            log_p_y = log_p.gather(1, units[:, None]).squeeze(1)
+            return [(log_p_y.detach().exp().sqrt() * log_p_y).sum()]
     elif label == "argmax":
         units = log_p.argmax(1)
     else:

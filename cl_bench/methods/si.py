@@ -28,17 +28,21 @@ class SI(Method):
     the step's total gradient instead, the penalty's included, as van de Ven & Tolias's code does. At the task's end Ω_k += ω_k / ((θ_k − θ_k^start)² + ξ), θ* ← θ, ω ← 0.
 
     c: the penalty's strength; path_gradient: task | total, above; xi: the damping ξ (van de Ven & Tolias's `epsilon`, 0.1). Head rows added
-    after a task carry no Ω of it. Task A builds Ω, so SI does not share the cached task A.
+    after a task carry no Ω of it. Task A builds Ω, so SI does not share the cached task A. clip: every gradient
+    value of the model clipped to [−clip, clip] after the penalty's gradient is added, the step and the `total`
+    path integral taking the clipped gradient (Mammoth's SI clips at 1, with g the total gradient: for plain SGD
+    its ω += lr·g² is this −g·Δθ); null: no clipping.
     """
 
     changes_first_task = True
     selectable = ("c",)
     loss_name = "si"
 
-    def __init__(self, c: float = 1000.0, xi: float = 0.1, path_gradient: str = "task"):
+    def __init__(self, c: float = 1000.0, xi: float = 0.1, path_gradient: str = "task", clip: float | None = None):
         self.c = number("c", c, "≥ 0", lambda v: v >= 0)
         self.xi = number("xi", xi, "> 0", lambda v: v > 0)
         self.path_gradient = choice("path_gradient", path_gradient, PATH_GRADIENTS)
+        self.clip = None if clip is None else number("clip", clip, "> 0", lambda v: v > 0)
         self.term: Quadratic | None = None  # Ω (its `fisher`) and θ* (its `center`)
         self.omega: dict[str, Tensor] = {}  # ω of the task being trained
         self.start: dict[str, Tensor] = {}  # θ at its start
@@ -59,15 +63,21 @@ class SI(Method):
             return {self.loss_name: self.c * self.term.value(dict(ctx.model.named_parameters()))}
 
     def after_backward(self, ctx: TrainContext) -> None:
-        """The penalty's gradient is added to the backward pass's; g is the gradient before it
-        (`path_gradient=task`) or after it (`total`)."""
-        named = dict(ctx.model.named_parameters())
-        if self.term is not None and self.path_gradient == "total":
-            self.term.add_gradient(named, self.c)
+        """The penalty's gradient is added to the backward pass's (then, with `clip`, every gradient value is
+        clipped to [−clip, clip]); g is the gradient before that (`path_gradient=task`) or after it (`total`)."""
+        if self.path_gradient == "total":
+            self.penalise_and_clip(ctx)
         params = {name: p for name, p in trainable_parameters(ctx.model).items() if p.grad is not None}
         self.grad = dict(zip(params, torch._foreach_mul([p.grad for p in params.values()], 1.0)))
-        if self.term is not None and self.path_gradient == "task":
-            self.term.add_gradient(named, self.c)
+        if self.path_gradient == "task":
+            self.penalise_and_clip(ctx)
+
+    def penalise_and_clip(self, ctx: TrainContext) -> None:
+        """Add the penalty's gradient 2c·Ω·(θ − θ*) (after the first task) and clip the gradients' values."""
+        if self.term is not None:
+            self.term.add_gradient(dict(ctx.model.named_parameters()), self.c)
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_value_(ctx.model.parameters(), self.clip)
 
     def after_step(self, ctx: TrainContext) -> None:
         """ω += −g·Δθ over the step just taken."""

@@ -15,9 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bench.core.accuracy import TASK_AWARE
 from cl_bench.core.errors import one_line
 from cl_bench.core.experiment import at, experiment_identity, method_label
-from cl_bench.core.score import task_letters
+from cl_bench.core.score import average_final_accuracy, task_letters
 from cl_bench.core.version import VERSION
 from cl_bench.report.flags import score_flags
 from cl_bench.report.read import READ_ERRORS, RunFolder
@@ -90,10 +91,26 @@ def method_selectable(target: str) -> tuple[str, ...]:
         return ()
 
 
+def task_aware_matrices(summary: dict) -> tuple[list[list[float]], list[list[float]]]:
+    """(test, val) accuracy matrices of the task-aware accuracy: class-IL keeps them beside the scenario's, a
+    task-IL run's own are task-aware; a domain-IL run has none (LookupError)."""
+    matrices = (summary.get("accuracy_matrices") or {}).get(TASK_AWARE)
+    if matrices is not None:
+        return matrices["test"], matrices["val"]
+    if summary.get("scenario") == "task":
+        return summary["accuracy_matrix"], summary["val_accuracy_matrix"]
+    raise LookupError(f"report.metric=final_task_aware_accuracy: a {summary.get('scenario')}-IL run has no "
+                      f"task-aware accuracy (class- and task-IL runs have one); use report.metric=final_accuracy")
+
+
 def metric_values(summary: dict, metric: str) -> tuple[Any, Any, dict[str, Any]]:
     """(val, test, per-task) of a finished run's summary for `metric`."""
     if metric == "score":
         return summary.get("score"), summary.get("score_test"), summary.get("score_k") or {}
+    if metric == "final_task_aware_accuracy":
+        test, val = task_aware_matrices(summary)
+        per_task = dict(zip(task_letters(len(test[-1])), test[-1]))
+        return average_final_accuracy(val), average_final_accuracy(test), per_task
     val_last = (summary.get("val_accuracy_matrix") or [[]])[-1]
     val = summary.get("average_final_val_accuracy", sum(val_last) / len(val_last) if val_last else None)
     last = (summary.get("accuracy_matrix") or [[]])[-1]

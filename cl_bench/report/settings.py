@@ -35,6 +35,12 @@ METRICS = {
         "final_val_accuracy", "final_accuracy", "final_accuracy_",
         "Val final acc", "Test final acc", "Test final acc_{}",
     ),
+    # class-IL's task-aware accuracy (the argmax within each task's own units) after the last task: Buzzega et
+    # al.'s Task-IL column of the same runs; a task-IL run's own accuracy is task-aware already
+    "final_task_aware_accuracy": Metric(
+        "final_task_aware_val_accuracy", "final_task_aware_accuracy", "final_task_aware_accuracy_",
+        "Val final task-aware acc", "Test final task-aware acc", "Test final task-aware acc_{}",
+    ),
 }
 
 

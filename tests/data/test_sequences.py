@@ -54,9 +54,9 @@ def test_split_rejects_repeated_or_unknown_classes(digits, splits):
 
 def test_permutation_applied_to_every_split_and_invertible(digits):
     tasks = permuted_tasks(digits, n_tasks=3, name="p", permutation_seed=7)
-    assert tasks[0].train.pixel_permutation is None
-    perm = tasks[1].train.pixel_permutation
-    assert not torch.equal(perm, tasks[2].train.pixel_permutation)
+    assert tasks[0].train.pixel_map is None
+    perm = tasks[1].train.pixel_map
+    assert not torch.equal(perm, tasks[2].train.pixel_map)
     index = torch.arange(5)
     plain, y_plain = tasks[0].train.gather(index)
     permuted, y_perm = tasks[1].train.gather(index)
@@ -181,9 +181,9 @@ def test_test_labels_outside_the_training_classes_refused_before_training(mnist_
 def test_permuted_tasks_need_labels_0_to_n_minus_1(mnist_dir):
     relabel(mnist_dir, "train-labels-idx1-ubyte", lambda y: np.where(y == 3, 4, y))
     relabel(mnist_dir, "t10k-labels-idx1-ubyte", lambda y: np.where(y == 3, 4, y))
-    with pytest.raises(ValueError, match=re.escape("dataset.p: permuted tasks train on the source's labels as they "
-                                                   "are, so they must be 0..n-1; mnist's training labels are "
-                                                   "[0, 1, 2, 4, 5, 6, 7, 8, 9]")):
+    with pytest.raises(ValueError, match=re.escape("dataset.p: permuted and rotated tasks train on the source's "
+                                                   "labels as they are, so they must be 0..n-1; mnist's training "
+                                                   "labels are [0, 1, 2, 4, 5, 6, 7, 8, 9]")):
         permuted_tasks(mnist(str(mnist_dir)), 2, "p")
 
 

@@ -89,10 +89,11 @@ def test_an_unknown_method_names_the_choices(make_config):
         ["method=agem", "scenario=class", "checkpoint.every=7"],  # the episodic memory
         ["method=derpp", "scenario=class", "checkpoint.every=7"],  # the reservoir buffer filling in task A, its logits
         ["method=icarl", "scenario=class"],  # teacher, herding memory, the nearest-mean classifier's exemplars
+        ["method=gem", "scenario=class", "checkpoint.every=7"],  # the episodic memory of each task
     ],
     ids=[
         "baseline", "ewc", "ewc-sum-3-tasks", "ewc-online-class-il", "kd-recorded", "kd-live", "replay", "si", "mas",
-        "kd+replay+si", "agem", "derpp", "icarl",
+        "kd+replay+si", "agem", "derpp", "icarl", "gem",
     ],
 )
 @pytest.mark.parametrize("stop_row", [2, 6])  # inside task A, inside task B

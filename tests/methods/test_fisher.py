@@ -146,6 +146,24 @@ def test_expected_is_the_probability_weighted_sum_over_labels():
     assert relative_error(result, by_hand) < 1e-10
 
 
+def test_empirical_weighted_is_mammoths_probability_weighted_empirical_fisher():
+    """Mammoth's online EWC: Σ_n p(y_n|x_n)·(∂ log p(y_n|x_n))² / N, one backward pass per example, y the data label."""
+    torch.manual_seed(0)
+    model = MLP((3,), 4, [5]).double()
+    split = random_split(6, (3,), 4)
+    scenario = Scenario("class", [4])
+    params = dict(model.named_parameters())
+    by_hand = {name: torch.zeros_like(p) for name, p in params.items()}
+    for x, y in zip(split.x, split.y):
+        log_p_y = torch.log_softmax(model(x[None]), 1)[0, y]
+        for name, grad in zip(params, torch.autograd.grad(log_p_y, list(params.values()))):
+            by_hand[name] += log_p_y.exp().detach() * grad.square() / len(split)
+    result = diagonal_fisher(model, split, torch.arange(6), 0, scenario, "empirical_weighted", 4)
+    assert relative_error(result, by_hand) < 1e-10
+    empirical = diagonal_fisher(model, split, torch.arange(6), 0, scenario, "empirical", 4)
+    assert relative_error(result, empirical) > 0.1  # the weights matter
+
+
 def test_sample_is_reproducible_from_the_generator_and_draws_labels():
     torch.manual_seed(0)
     model = MLP((3,), 4, [5]).double()

@@ -68,7 +68,7 @@ def test_joint_gathers_every_seen_task_with_its_permutation_and_task_id():
         t, local = (0, i) if i < 5 else (1, i - 5) if i < 12 else (2, i - 12)
         split = tasks[t].train
         pixels = split.x[local].flatten()
-        expected = pixels if split.pixel_permutation is None else pixels[split.pixel_permutation]
+        expected = pixels if split.pixel_map is None else pixels[split.pixel_map]
         assert torch.equal(x[row], expected.view(SHAPE))
         assert y[row] == split.y[local]
         assert data.task_ids[i] == t

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.core.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, TrainContext, defined_hook
 from cl_bench.methods.baseline import Baseline
@@ -125,6 +126,42 @@ def test_omega_is_the_path_integral_of_the_task_loss_gradient(task_idx, path_gra
         assert torch.allclose(omega, sum(p[name] for p in products), rtol=1e-9, atol=1e-15), name
 
 
+def test_clipped_as_mammoth_the_step_and_omega_take_the_clipped_total_gradient():
+    """Mammoth's SI: the total gradient (penalty included) clipped to [−1, 1], a plain SGD step on it, and
+    ω += lr·clip(g)², which for plain SGD is −clip(g)·Δθ."""
+    lr, tasks = 0.5, random_tasks(2, (3,), 2, n=12, seed=0)
+    scenario = Scenario("domain", [2, 2])
+    model = seeded_mlp((3,), 2, [4], dtype=torch.float64)
+    si = SI(c=50.0, xi=1.0, path_gradient="total", clip=1.0)
+    clipped_any = False
+    for task_idx in (0, 1):
+        ctx = start_task(model, tasks, scenario, task_idx, si)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        expected = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+        for step in range(4):
+            rows = torch.arange(4 * step, 4 * step + 4) % 12
+            x, y = tasks[task_idx].train.x[rows] * 20, tasks[task_idx].train.y[rows]  # large inputs: large gradients
+            params = dict(model.named_parameters())
+            loss = scenario.loss(model(x), y, torch.full((4,), task_idx))
+            total = loss + (si.c * si.term.value(params) if si.term is not None else 0)
+            grads = torch.autograd.grad(total, list(params.values()), retain_graph=True)
+            g = {name: grad.clamp(-1, 1) for name, grad in zip(params, grads)}
+            clipped_any |= any((grad.abs() == 1).any() for grad in g.values())
+            before = {name: p.detach().clone() for name, p in params.items()}
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            si.after_backward(ctx)
+            optimizer.step()
+            si.after_step(ctx)
+            for name, p in params.items():
+                assert torch.allclose(p.detach(), before[name] - lr * g[name], rtol=1e-12, atol=1e-14), name
+                expected[name] += lr * g[name].square()
+        for name, omega in si.omega.items():
+            assert torch.allclose(omega, expected[name], rtol=1e-9, atol=1e-14), name
+        si.after_task(ctx)
+    assert clipped_any
+
+
 def test_importance_at_the_task_end_and_the_penalty_follow_the_formulas():
     c, xi = 2.0, 0.05
     steps = Steps(SI(c=c, xi=xi), scenario="class")  # the head grows at task 1: its new rows carry no Ω
@@ -164,3 +201,8 @@ def test_si_trains_task_a_itself_and_forgets_less_than_the_baseline(tmp_path):
     pd.testing.assert_frame_equal(si_a[a.columns], a)  # no penalty on A: trained as the baseline
     assert si_a["loss/si"].isna().all()
     assert si["forgetting"]["A"] < baseline["forgetting"]["A"] / 2
+
+
+def test_a_clip_that_is_not_positive_is_refused():
+    with pytest.raises(ConfigError, match=r"method.clip=0: must be a finite number > 0"):
+        SI(clip=0)

@@ -215,6 +215,39 @@ def test_final_accuracy_selects_and_reports_the_accuracies_after_the_last_task(s
     assert "| EWC | 70.0% | 50.0% | 70.0% | 60.0% | lambda=100 | 1 |" in text
 
 
+def with_task_aware(folder: Path, final: tuple[float, float], final_val: tuple[float, float]) -> None:
+    """Give a class-IL run's summary the task-aware matrices whose last rows are `final` (test) and `final_val`."""
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["accuracy_matrices"] = {
+        "scenario": {"test": summary["accuracy_matrix"], "val": summary["val_accuracy_matrix"], "score": 0.5},
+        "task_aware": {"test": [[0.9, 0.5], list(final)], "val": [[0.9, 0.5], list(final_val)], "score": 0.7},
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_the_task_aware_final_accuracy_is_a_table_of_its_own(sweep, caplog):
+    # class-IL: λ=10 has the better final val accuracy, λ=100 the better task-aware one
+    for lam, final_val, aware, aware_val in ((10, (0.5, 0.9), (0.8, 0.9), (0.8, 0.8)),
+                                             (100, (0.4, 0.8), (0.9, 0.95), (0.9, 0.9))):
+        folder = sweep.add("method=ewc", f"method.lambda={lam}", "scenario=class", final_val=final_val)
+        with_task_aware(folder, aware, aware_val)
+    sweep.add("scenario=task", final=(0.7, 0.8), final_val=(0.75, 0.85))  # its own accuracy is task-aware
+    sweep.add("scenario=domain", "method=l2")  # has none: left out, said why
+    _, table = sweep.report(metric="final_accuracy")
+    assert json.loads(row(table, "EWC").params)["method.lambda"] == 10
+    text, table = sweep.report(metric="final_task_aware_accuracy")
+    ewc = row(table, "EWC")
+    assert json.loads(ewc.params)["method.lambda"] == 100
+    assert ewc.final_task_aware_accuracy == pytest.approx(0.925)
+    assert ewc.final_task_aware_val_accuracy == pytest.approx(0.9)
+    assert ewc.final_task_aware_accuracy_A == pytest.approx(0.9)
+    assert row(table, "Baseline").final_task_aware_accuracy == pytest.approx(0.75)
+    assert text.startswith("| Sequence | Technique | Val final task-aware acc | Test final task-aware acc_A |")
+    assert "L2" not in set(table.Technique)
+    assert any("report.metric=final_task_aware_accuracy: a domain-IL run has no task-aware accuracy" in message
+               and "use report.metric=final_accuracy" in message for message in warnings_of(caplog))
+
+
 def test_runs_disagreeing_on_the_metric_need_the_flag(sweep, capsys):
     sweep.add("seed=0")
     sweep.add("seed=1", "report.metric=final_accuracy")
