@@ -89,10 +89,13 @@ def test_an_unknown_method_names_the_choices(make_config):
         ["method=agem", "scenario=class", "checkpoint.every=7"],  # the episodic memory
         ["method=derpp", "scenario=class", "checkpoint.every=7"],  # the reservoir buffer filling in task A, its logits
         ["method=icarl", "scenario=class"],  # teacher, herding memory, the nearest-mean classifier's exemplars
+        ["method=dgr", "scenario=class"],  # the generator and its Adam (the method's own model), its frozen copy
+        ["method=dgr", "method.targets=soft", "scenario=task"],  # soft targets, a replayed block per earlier task
+        ["method=rtf", "model=vae", "scenario=domain"],  # the model is the VAE: replay through its own decoder
     ],
     ids=[
         "baseline", "ewc", "ewc-sum-3-tasks", "ewc-online-class-il", "kd-recorded", "kd-live", "replay", "si", "mas",
-        "kd+replay+si", "agem", "derpp", "icarl",
+        "kd+replay+si", "agem", "derpp", "icarl", "dgr", "dgr-distill-task-il", "rtf",
     ],
 )
 @pytest.mark.parametrize("stop_row", [2, 6])  # inside task A, inside task B
