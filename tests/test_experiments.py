@@ -33,6 +33,9 @@ SMALLER = {  # the CNN evaluated on every task's 6,000 validation images is CPU-
     # and more steps at its lr of 1e-4
     "sorberg_permuted_mnist": ["model.channels=8", "model.hidden=64", "dataset.permuted_mnist.n_tasks=3",
                                "first_task.steps=500", "steps=500", "eval_every=500"],
+    # 27 jobs, a third of them training a VAE beside the classifier: three tasks of 20 steps
+    "van_de_ven_split_mnist": ["dataset.split_mnist.splits=[[0,1],[2,3],[4,5]]", "first_task.steps=20", "steps=20",
+                               "eval_every=20"],
 }
 # One run with the random task order on: the same seed gives every job the same (shuffled) tasks.
 RANDOM_ORDERS = {"van_de_ven_split_mnist": ["task_order=random"]}

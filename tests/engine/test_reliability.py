@@ -73,6 +73,9 @@ def test_an_unknown_method_names_the_choices(make_config):
     assert "ewc" in str(error.value) and "kd" in str(error.value)
 
 
+THREE_SPLITS = "[[0,1,2],[3,4,5],[6,7,8,9]]"
+
+
 @pytest.mark.parametrize(
     "method",
     [
@@ -89,8 +92,10 @@ def test_an_unknown_method_names_the_choices(make_config):
         ["method=agem", "scenario=class", "checkpoint.every=7"],  # the episodic memory
         ["method=derpp", "scenario=class", "checkpoint.every=7"],  # the reservoir buffer filling in task A, its logits
         ["method=icarl", "scenario=class"],  # teacher, herding memory, the nearest-mean classifier's exemplars
-        ["method=dgr", "scenario=class"],  # the generator and its Adam (the method's own model), its frozen copy
-        ["method=dgr", "method.targets=soft", "scenario=task"],  # soft targets, a replayed block per earlier task
+        # the generator and its Adam (the method's own model), its frozen copy: three tasks, so that what the
+        # generator learns in task B is replayed in task C
+        ["method=dgr", "scenario=class", f"dataset.split_sklearn_digits.splits={THREE_SPLITS}"],
+        ["method=dgr", "method.targets=soft", "scenario=task", f"dataset.split_sklearn_digits.splits={THREE_SPLITS}"],
         ["method=rtf", "model=vae", "scenario=domain"],  # the model is the VAE: replay through its own decoder
     ],
     ids=[
