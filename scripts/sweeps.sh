@@ -13,8 +13,10 @@
 # sorberg       Sörberg's permuted MNIST: no penalty, EWC on all earlier tasks,
 #               EWC on the last one only                                           3 rows x 3 seeds
 # van_de_ven    van de Ven & Tolias's split MNIST (5 tasks x 2 digits, MLP 2x400,
-#               2000 iterations a task): None, Offline, EWC, Online EWC, SI, LwF;
-#               task-/domain-IL                                                    12 x 3 seeds
+#               2000 iterations a task): None, Offline, EWC, Online EWC, SI, LwF,
+#               DGR, DGR + distill, RtF; task-/domain-/class-IL                    27 x 3 seeds
+#               (iCaRL, class-IL only: van_de_ven scenario=class
+#               row/van_de_ven_split_mnist=icarl)                                  3
 # buzzega       Buzzega et al.'s Seq-MNIST class-IL (5 tasks x 2 digits, MLP 2x100,
 #               SGD, batch 10, one epoch a task): SGD, JOINT, ER, A-GEM, iCaRL,
 #               DER, DER++ at buffers 200, 500 and 5120; oEWC, SI, LwF, GEM

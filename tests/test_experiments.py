@@ -37,6 +37,9 @@ SMALLER = {  # the CNN evaluated on every task's 6,000 validation images is CPU-
     # digits needs more steps of the first task to learn it
     "buzzega_perm_mnist": ["dataset.permuted_mnist.n_tasks=3"],
     "buzzega_rot_mnist": ["dataset.rotated_mnist.n_tasks=3", "first_task.steps=300"],
+    # 27 jobs, a third of them training a VAE beside the classifier: three tasks of 20 steps
+    "van_de_ven_split_mnist": ["dataset.split_mnist.splits=[[0,1],[2,3],[4,5]]", "first_task.steps=20", "steps=20",
+                               "eval_every=20"],
 }
 # A whole sweep's jobs in one process, one after another: up to 23 of them (Buzzega et al.'s Seq-MNIST).
 SWEEP_TIMEOUT = 900

@@ -85,6 +85,13 @@ class Scenario:
             return y
         return y + self._on("offsets", y.device)[task_ids]
 
+    def task_of_unit(self, units: Tensor) -> Tensor:
+        """The task whose label each output unit of `units` is (class- and task-IL; in domain-IL every task shares
+        the units, and this names the first)."""
+        if self.shared_head:
+            return torch.zeros_like(units)
+        return self._unit_owner.to(units.device)[units]
+
     def restrict(self, logits: Tensor, task_ids: Tensor) -> Tensor:
         """Logits with the units a scenario does not allow for each example set to -inf (task-IL)."""
         if self.name != "task":

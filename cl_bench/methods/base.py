@@ -7,7 +7,8 @@ A step runs: `extend_batch` → forward → `loss_terms` → backward → `after
 steps, a new model per task), of which a run has one: at most one part of a combination (methods/compose.py)
 owns each. When methods are combined, their `after_backward` gradient edits run closed-form penalty
 gradients first, projections (A-GEM's) last (`gradient_edit_order`), so a projection sees the gradient that
-the optimiser will take.
+the optimiser will take. A method that trains a model of its own (DGR's generator) keeps it as an `OwnModel`:
+in the method's state, on the run's device, its random draws from `ctx.generator`.
 """
 
 from __future__ import annotations
@@ -183,6 +184,56 @@ class Method:
         keeps what it computed in its state. A method's step hooks may take this call as "the main steps ended".
         Called only if the method runs it (`runs`)."""
         return []
+
+
+class OwnModel:
+    """A model a method trains besides the run's, with its own optimiser (DGR's generator): part of the method's state
+    (the method puts `state_dict()` in its own), on the run's device, its initial weights drawn from `ctx.generator`.
+
+    `build(ctx)` makes the module and `optimizer(parameters)` its optimiser. The method calls `ready(ctx)` in the
+    hooks that start or continue a task (`before_task`, `resume_task`) before it trains or samples the module: the
+    first call of a fresh run builds it on `ctx.device` from a seed drawn from `ctx.generator` (so the global random
+    stream, which the run's model draws from, is untouched); after `load_state_dict` (a resumed run) it builds the
+    module without a draw and loads the checkpoint's weights and optimiser state into it. The method's own random
+    draws (samples, noise) come from `ctx.generator` too: its state is checkpointed, so a resumed run draws the same."""
+
+    def __init__(self, build: Callable[[TrainContext], nn.Module],
+                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer]):
+        self.build = build
+        self.make_optimizer = optimizer
+        self.module: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.loaded: dict | None = None  # a checkpoint's state, until `ready` builds the module
+
+    def ready(self, ctx: TrainContext) -> nn.Module:
+        """The module, built on `ctx.device` the first time (from the loaded state after a resume)."""
+        if self.module is None:
+            seed = None if self.loaded is not None else int(torch.randint(2**62, (), generator=ctx.generator))
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                module = self.build(ctx).to(ctx.device)
+            optimizer = self.make_optimizer(list(module.parameters()))
+            if self.loaded is not None:
+                module.load_state_dict(self.loaded["module"])
+                optimizer.load_state_dict(self.loaded["optimizer"])
+            self.module, self.optimizer, self.loaded = module, optimizer, None
+        return self.module
+
+    def step(self, loss: Tensor) -> None:
+        """One optimiser step of the module on `loss`."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def state_dict(self) -> dict | None:
+        """The module's weights and the optimiser's state (None before the module is built)."""
+        if self.module is None:
+            return self.loaded
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.module, self.optimizer, self.loaded = None, None, state
 
 
 @dataclass

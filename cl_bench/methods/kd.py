@@ -18,6 +18,7 @@ from cl_bench.methods.params import choice, flag, number
 TEACHER_MODES = ("auto", "recorded", "live")
 WEIGHTINGS = ("sum", "tasks_seen")
 REDUCTIONS = ("sum", "mean_over_groups", "mean")
+STUDENT_UNITS = ("old", "all")
 STATE_KEYS = {"teacher", "recorded", "recorded_task"}
 # Examples per teacher forward pass when recording a task's outputs (inference only).
 RECORD_BATCH_SIZE = 1024
@@ -169,7 +170,10 @@ class KD(Method):
     averages over the groups and over each group's units instead of summing (van de Ven & Tolias's
     2018 code), `reduction=mean_over_groups` over the groups only (their code since 2019).
     `weighting=tasks_seen` gives (1/t)·L_task + (1 − 1/t)·κ·L_KD over the t tasks seen so far (van de
-    Ven & Tolias), where `sum` gives L_task + κ·L_KD.
+    Ven & Tolias), where `sum` gives L_task + κ·L_KD. In class-IL, `student_units=all` takes the student's softmax
+    over every unit the head has now, the teacher's probabilities padded with 0 for the units added since (van de
+    Ven & Tolias's code), where `old` (Li & Hoiem) takes it over the old units only; in task- and domain-IL the two
+    are the same.
 
     `teacher`: "recorded" runs the teacher once in `before_task` over the data the task's batches are
     drawn from (`ctx.data`: the task's training split, or the union of a method that owns the training
@@ -194,6 +198,7 @@ class KD(Method):
         teacher: str = "auto",
         weighting: str = "sum",
         reduction: str = "sum",
+        student_units: str = "old",
     ):
         self.kappa = number("kappa", kappa, "≥ 0", lambda v: v >= 0)
         self.T = number("T", T, "> 0", lambda v: v > 0)
@@ -201,6 +206,7 @@ class KD(Method):
         self.teacher_mode = choice("teacher", teacher, TEACHER_MODES)
         self.weighting = choice("weighting", weighting, WEIGHTINGS)
         self.reduction = choice("reduction", reduction, REDUCTIONS)
+        self.student_units = choice("student_units", student_units, STUDENT_UNITS)
         self.teacher = LazyTeacher("KD")
         self.recorded: Tensor | None = None
         self.recorded_task = -1
@@ -234,6 +240,10 @@ class KD(Method):
             return {}
         groups = ctx.scenario.old_output_groups(ctx.task_idx)
         targets, weight = self._targets(ctx, batch, groups)
+        if self.student_units == "all" and ctx.scenario.name == "class":
+            n_old = groups[0].stop  # class-IL's one group: the old classes, units 0 .. n_old - 1
+            targets = F.pad(targets[:, :n_old], (0, logits.shape[1] - n_old))  # the new units' targets are 0
+            groups = [slice(0, logits.shape[1])]
         loss = mean(distillation_from_targets(logits, targets, groups, self.T, self.reduction), weight)
         scale = self.kappa * self.T**2 if self.t_squared else self.kappa
         if self.weighting == "tasks_seen":

@@ -73,6 +73,9 @@ def test_an_unknown_method_names_the_choices(make_config):
     assert "ewc" in str(error.value) and "kd" in str(error.value)
 
 
+THREE_SPLITS = "[[0,1,2],[3,4,5],[6,7,8,9]]"
+
+
 @pytest.mark.parametrize(
     "method",
     [
@@ -90,10 +93,15 @@ def test_an_unknown_method_names_the_choices(make_config):
         ["method=derpp", "scenario=class", "checkpoint.every=7"],  # the reservoir buffer filling in task A, its logits
         ["method=icarl", "scenario=class"],  # teacher, herding memory, the nearest-mean classifier's exemplars
         ["method=gem", "scenario=class", "checkpoint.every=7"],  # the episodic memory of each task
+        # the generator and its Adam (the method's own model), its frozen copy: three tasks, so that what the
+        # generator learns in task B is replayed in task C
+        ["method=dgr", "scenario=class", f"dataset.split_sklearn_digits.splits={THREE_SPLITS}"],
+        ["method=dgr", "method.targets=soft", "scenario=task", f"dataset.split_sklearn_digits.splits={THREE_SPLITS}"],
+        ["method=rtf", "model=vae", "scenario=domain"],  # the model is the VAE: replay through its own decoder
     ],
     ids=[
         "baseline", "ewc", "ewc-sum-3-tasks", "ewc-online-class-il", "kd-recorded", "kd-live", "replay", "si", "mas",
-        "kd+replay+si", "agem", "derpp", "icarl", "gem",
+        "kd+replay+si", "agem", "derpp", "icarl", "gem", "dgr", "dgr-distill-task-il", "rtf",
     ],
 )
 @pytest.mark.parametrize("stop_row", [2, 6])  # inside task A, inside task B

@@ -244,6 +244,28 @@ def test_van_de_ven_weighting_and_reduction_equal_their_formula(reduction, per_u
     assert KD().task_loss_weight(ctx) == 1.0  # the default: L_task + κ·L_KD
 
 
+@pytest.mark.parametrize("teacher_mode", ["recorded", "live"])
+@pytest.mark.parametrize("reduction, per_unit", [("mean", 1 / 6), ("mean_over_groups", 1.0)])
+def test_van_de_ven_class_il_distillation_spans_the_new_units_with_zero_targets(teacher_mode, reduction, per_unit):
+    """Class-IL, second task: T²·mean over the batch of −Σ_j p_j·log softmax(z/T)_j over all 6 units, p the
+    teacher's softmax over the 3 old units padded with 0 for the 3 new ones (their code's `loss_fn_kd`); / 6 units in
+    2018."""
+    scenario = Scenario("class", [3, 3])
+    tasks = make_tasks(2)
+    model = make_model(scenario)
+    lwf = KD(T=2.0, t_squared=True, reduction=reduction, student_units="all", teacher=teacher_mode)
+    old_only = KD(T=2.0, t_squared=True, reduction=reduction, teacher=teacher_mode)  # Li & Hoiem's, the default
+    batch = batch_of(tasks[1], 1, [0, 3, 5, 7, 11])
+    teacher = model(batch.x).detach()
+    ctx = start_task(model, tasks, scenario, 1, lwf, old_only)
+    perturb(model)
+    logits = model(batch.x)
+    p = torch.cat([torch.softmax(teacher.double() / 2, 1), torch.zeros(5, 3, dtype=torch.float64)], 1)
+    expected = 4.0 * per_unit * -(p * torch.log_softmax(logits.detach().double() / 2, 1)).sum(1).mean()
+    assert torch.allclose(lwf.loss_terms(ctx, batch, logits)["kd"].double(), expected, rtol=1e-5)
+    assert not torch.allclose(old_only.loss_terms(ctx, batch, logits)["kd"].double(), expected, rtol=1e-3)
+
+
 def looped_kd(student: torch.Tensor, teacher: torch.Tensor, groups: list[slice], T: float, reduction: str):
     """The per-group loop the batched form replaces, written plainly."""
     per_group = []
