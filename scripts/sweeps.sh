@@ -18,6 +18,9 @@
 # buzzega       Buzzega et al.'s Seq-MNIST class-IL (5 tasks x 2 digits, MLP 2x100,
 #               SGD, batch 10, one epoch a task): SGD, JOINT, ER, A-GEM, iCaRL,
 #               DER, DER++ at buffers 200 and 500                                  12 rows x 3 seeds
+# mammoth       the newer baselines Mammoth ships, at Buzzega et al.'s Seq-MNIST
+#               protocol: ER-ACE, X-DER, GDumb, BiC, LUCIR at buffers 200 and 500,
+#               LwF.MC                                                             11 rows x 3 seeds
 set -euo pipefail
 
 case "${1:-}" in
@@ -26,6 +29,7 @@ case "${1:-}" in
   sorberg) experiment=sorberg_permuted_mnist ;;
   van_de_ven) experiment=van_de_ven_split_mnist ;;
   buzzega) experiment=buzzega_split_mnist ;;
+  mammoth) experiment=mammoth_baselines_split_mnist ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | cut -c3- >&2; exit 2 ;;
 esac
 shift

@@ -33,6 +33,11 @@ SMALLER = {  # the CNN evaluated on every task's 6,000 validation images is CPU-
     # and more steps at its lr of 1e-4
     "sorberg_permuted_mnist": ["model.channels=8", "model.hidden=64", "dataset.permuted_mnist.n_tasks=3",
                                "first_task.steps=500", "steps=500", "eval_every=500"],
+    # GDumb's, BiC's and LUCIR's stages count epochs over their memories, not the budget's steps: batches of 100 make
+    # them short, a small validation split makes GDumb's evaluation after each of its 256 fitting epochs cheap, and
+    # two tasks make two fits (every row and buffer as shipped)
+    "mammoth_baselines_split_mnist": ["batch_size=100", "dataset.split_mnist.val_fraction=0.01",
+                                      "dataset.split_mnist.splits=[[0,1],[2,3]]"],
 }
 # One run with the random task order on: the same seed gives every job the same (shuffled) tasks.
 RANDOM_ORDERS = {"van_de_ven_split_mnist": ["task_order=random"]}

@@ -51,6 +51,7 @@ class BiC(Method):
     changes_first_task = True
     scenarios = ("class",)
     owns = frozenset({"train_data", "stages", "prediction"})
+    gradient_edit_order = 1  # its freezing of parameters comes after the gradients a combined method adds
 
     def __init__(
         self, memory_size: int = 200, T: float = 2.0, val_fraction: float = 0.1, bias_epochs: int = 250,

@@ -72,6 +72,7 @@ class GDumb(Method):
 
     changes_first_task = True
     owns = frozenset({"stages"})
+    gradient_edit_order = 1  # its freezing of parameters comes after the gradients a combined method adds
 
     def __init__(
         self, memory_size: int = 200, sampler: str = "reservoir", fitting_epochs: int = 256,

@@ -64,6 +64,7 @@ class LUCIR(Method):
     changes_first_task = True
     scenarios = ("class",)
     owns = frozenset({"train_data", "stages", "head"})
+    gradient_edit_order = 1  # its freezing of parameters comes after the gradients a combined method adds
 
     def __init__(
         self, memory_size: int = 200, lambda_base: float = 5.0, lambda_mr: float = 1.0, k_mr: int = 2,
