@@ -26,6 +26,9 @@
 #               DER, DER++ at buffers 200, 500 and 5120                            19 rows x 3 seeds
 # buzzega_rot   Buzzega et al.'s R-MNIST (domain-IL, 20 rotations in [0, 180) degrees),
 #               the same rows                                                      19 rows x 3 seeds
+# mammoth       the newer baselines Mammoth ships, at Buzzega et al.'s Seq-MNIST
+#               protocol: ER-ACE, X-DER, GDumb, BiC, LUCIR at buffers 200 and 500,
+#               LwF.MC                                                             11 rows x 3 seeds
 set -euo pipefail
 
 case "${1:-}" in
@@ -36,6 +39,7 @@ case "${1:-}" in
   buzzega) experiment=buzzega_split_mnist ;;
   buzzega_perm) experiment=buzzega_perm_mnist ;;
   buzzega_rot) experiment=buzzega_rot_mnist ;;
+  mammoth) experiment=mammoth_baselines_split_mnist ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | cut -c3- >&2; exit 2 ;;
 esac
 shift

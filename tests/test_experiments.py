@@ -40,6 +40,11 @@ SMALLER = {  # the CNN evaluated on every task's 6,000 validation images is CPU-
     # 27 jobs, a third of them training a VAE beside the classifier: three tasks of 20 steps
     "van_de_ven_split_mnist": ["dataset.split_mnist.splits=[[0,1],[2,3],[4,5]]", "first_task.steps=20", "steps=20",
                                "eval_every=20"],
+    # GDumb's, BiC's and LUCIR's stages count epochs over their memories, not the budget's steps: batches of 100 make
+    # them short, a small validation split makes GDumb's evaluation after each of its 256 fitting epochs cheap, and
+    # two tasks make two fits (every row and buffer as shipped)
+    "mammoth_baselines_split_mnist": ["batch_size=100", "dataset.split_mnist.val_fraction=0.01",
+                                      "dataset.split_mnist.splits=[[0,1],[2,3]]"],
 }
 # A whole sweep's jobs in one process, one after another: up to 23 of them (Buzzega et al.'s Seq-MNIST).
 SWEEP_TIMEOUT = 900

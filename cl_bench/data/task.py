@@ -129,6 +129,35 @@ class ConcatSplit:
             yield from split.eval_batches(batch_size)
 
 
+class SubsetSplit:
+    """Rows `rows` of a split as a split of their own, in that order (BiC trains on its task's split less the rows
+    it holds out)."""
+
+    def __init__(self, split: Split, rows: Tensor):
+        self.split = split
+        self.rows = rows.cpu()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def deterministic(self) -> bool:
+        return self.split.deterministic
+
+    def to(self, device: torch.device) -> "SubsetSplit":
+        return SubsetSplit(self.split.to(device), self.rows)
+
+    def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        return self.split.gather(self.rows[index.cpu()])
+
+    def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.split.batches(self.rows[index.cpu()] for index in index_batches)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self), batch_size):
+            yield self.split.gather(self.rows[start : start + batch_size])
+
+
 @dataclass
 class Task:
     """One task of a sequence: its splits, its class names and the shape of one input."""

@@ -176,6 +176,7 @@ def train(cfg: DictConfig, run_dir: Path, metrics: MetricsLog, summary: dict, cl
     scenario = Scenario(cfg.scenario, [task.n_classes for task in tasks], cfg.class_head)
     model = instantiate(cfg.model, input_shape=tasks[0].input_shape, n_outputs=scenario.n_outputs(0),
                         **device_model_options(cfg.model, device))
+    model.head = method.head(model.head)  # a method's own output layer (methods/base.py), before any weights load
     if cfg.init_from:
         load_initial_weights(model, cfg.init_from)
     checkpoints = CheckpointDir(run_dir / "checkpoints", cfg.checkpoint.keep)

@@ -4,11 +4,11 @@ A step runs: `extend_batch` → forward → `loss_terms` → backward → `after
 `after_step`. Where the trainer logs a row or checks for a non-finite loss, `penalty_values`; at evaluation,
 `predictor`. Every hook takes what it needs from its `TrainContext`. A method declares what it owns of a run
 (`owns`: the training data, the examples added to a batch, the prediction, the stages after a task's main
-steps, a new model per task), of which a run has one: at most one part of a combination (methods/compose.py)
-owns each. When methods are combined, their `after_backward` gradient edits run closed-form penalty
-gradients first, projections (A-GEM's) last (`gradient_edit_order`), so a projection sees the gradient that
-the optimiser will take. A method that trains a model of its own (DGR's generator) keeps it as an `OwnModel`:
-in the method's state, on the run's device, its random draws from `ctx.generator`.
+steps, a new model per task, the model's output layer), of which a run has one: at most one part of a
+combination (methods/compose.py) owns each. When methods are combined, their `after_backward` gradient edits run
+closed-form penalty gradients first, projections (A-GEM's) last (`gradient_edit_order`), so a projection sees the
+gradient that the optimiser will take. A method that trains a model of its own (DGR's generator) keeps it as an
+`OwnModel`: in the method's state, on the run's device, its random draws from `ctx.generator`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ OWNABLE = {
     "prediction": (("predictor", "prediction_state"), "replaces the prediction at evaluation"),
     "stages": (("stages",), "adds training stages after a task's main steps"),
     "model": ((), "restarts the model at every task"),
+    "head": (("head",), "replaces the model's output layer"),
 }
 # Hooks the trainer calls only for a method that runs them (`Method.runs`): a step pays for no call it does not need.
 OPTIONAL_HOOKS = ("after_backward", "after_step", "penalty_values", "predictor", "stages")
@@ -162,6 +163,12 @@ class Method:
         per evaluation, and only if the method runs it (`runs`)."""
         return model
 
+    def head(self, linear: nn.Linear) -> nn.Module:
+        """The output layer the method trains and predicts with, made from the model's linear `head` when the run
+        builds the model, before any weights are loaded (a method that owns "head": ER-ACE's and LUCIR's cosine
+        classifier, models/cosine_head.py); by default that head."""
+        return linear
+
     def after_task(self, ctx: TrainContext) -> None:
         """Called when the task's training budget is spent."""
 
@@ -257,6 +264,9 @@ def check_ownership(method: Method) -> None:
             raise TypeError(f"{name} overrides {overridden[0]} but does not declare owns={{{owned!r}}}")
         if hooks and owned in method.owns and not overridden:
             raise TypeError(f"{name} declares owns={{{owned!r}}} but overrides none of {', '.join(hooks)}")
+    if "head" in method.owns and not method.changes_first_task:
+        raise TypeError(f"{name} replaces the model's output layer: its first task is not the baseline's cached one "
+                        f"(set changes_first_task)")
 
 
 def task_split(tasks: list[Task], task_idx: int) -> TrainData:

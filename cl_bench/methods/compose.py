@@ -10,8 +10,9 @@ The rules that make a combination one well-defined method (docs/methods.md#combi
   projections (A-GEM), so a projection sees the gradient the optimiser takes; in list order within one order.
 - At most one part may own each of what a run has one of (`Method.owns`, base.OWNABLE): the training data
   (joint training, End-to-End), the examples added to a batch (replay's), the prediction at evaluation
-  (iCaRL's), the stages after a task's main steps (End-to-End's balanced fine-tuning) and the model's restart
-  per task. Two owners are refused before training; so is the same method twice.
+  (iCaRL's), the stages after a task's main steps (End-to-End's balanced fine-tuning), the model's restart
+  per task and its output layer (LUCIR's cosine classifier). Two owners are refused before training; so is the
+  same method twice.
 - Examples added to the batch (replayed) are seen by their owner's terms; the others' terms see the
   task's own examples (distillation weighs added examples 0: a recorded teacher has no output for them).
 """
@@ -109,6 +110,10 @@ class Combined(Method):
 
     def stages(self, ctx: TrainContext) -> list[Stage]:
         return self.owners["stages"].stages(ctx)
+
+    def head(self, linear: nn.Linear) -> nn.Module:
+        owner = self.owners.get("head")
+        return owner.head(linear) if owner else linear
 
     def after_task(self, ctx: TrainContext) -> None:
         for part in self.parts.values():

@@ -7,11 +7,11 @@ import math
 import torch
 from torch import Tensor
 
-from cl_bench.data.task import ConcatSplit, Task, TensorSplit
+from cl_bench.data.task import Task, TensorSplit
 from cl_bench.methods.base import Batch, Method, Stage, TrainContext, TrainData
 from cl_bench.methods.kd import LazyTeacher, distillation_losses, old_model_state
 from cl_bench.methods.params import number
-from cl_bench.methods.replay import Replay, herding, labels_and_features
+from cl_bench.methods.replay import Replay, herding, labels_and_features, with_memory
 
 STATE_KEYS = {"memory", "teacher", "stage_teacher", "balanced_index", "balanced_task"}
 
@@ -63,12 +63,7 @@ class E2E(Method):
 
     def train_data(self, ctx: TrainContext) -> TrainData:
         """The task's training split followed by the memory's exemplars."""
-        data = super().train_data(ctx)
-        memory = self.memory.memory
-        if not memory:
-            return data
-        split = ConcatSplit([data.split, TensorSplit(memory["x"], memory["y"])], [ctx.task_idx, -1])
-        return TrainData(split, torch.cat([data.task_ids, memory["task_ids"].cpu()]))
+        return with_memory(super().train_data(ctx), self.memory.memory, ctx.task_idx)
 
     def before_task(self, ctx: TrainContext) -> None:
         """The teacher of step 1: the model as the previous task ended, its head cut to the units it had."""

@@ -8,12 +8,12 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import skip_init
 
 from cl_bench.core.fewer_ops import columns, mean, sum_of
 from cl_bench.data.task import Split
 from cl_bench.methods.base import Batch, Method, TrainContext
 from cl_bench.methods.params import choice, flag, number
+from cl_bench.models.head import head_like
 
 TEACHER_MODES = ("auto", "recorded", "live")
 WEIGHTINGS = ("sum", "tasks_seen")
@@ -102,8 +102,7 @@ def build_teacher(model: nn.Module, state: dict[str, Tensor], device: torch.devi
     """A frozen, eval-mode copy of `model`'s architecture holding `state`, whose head may be smaller;
     the global random stream is left untouched (the head is made without initialisation)."""
     teacher = copy.deepcopy(model)
-    rows, dtype = state["head.weight"].shape[0], state["head.weight"].dtype
-    teacher.head = skip_init(nn.Linear, model.head.in_features, rows, bias="head.bias" in state, dtype=dtype)
+    teacher.head = head_like(model.head, state["head.weight"].shape[0], initialise=False)
     teacher.load_state_dict(state)
     for parameter in teacher.parameters():
         parameter.grad = None

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bench.core.errors import ConfigError
-from cl_bench.data.task import Split, Task
-from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.data.task import ConcatSplit, Split, Task, TensorSplit
+from cl_bench.methods.base import Batch, Method, TrainContext, TrainData
 from cl_bench.methods.params import choice, count
 
 SELECTIONS = ("random", "herding")
@@ -48,6 +48,15 @@ def labels_and_features(model: nn.Module, split: Split, with_features: bool) -> 
                 features.append(model.features(x).flatten(1))
     model.train(was_training)
     return torch.cat(labels), torch.cat(features) if with_features else None
+
+
+def with_memory(data: TrainData, memory: dict[str, Tensor], task_idx: int) -> TrainData:
+    """Task `task_idx`'s training data `data` followed by a memory's exemplars (each with its own task), one split:
+    the training data of a method that appends its exemplars to the task's (End-to-End, LUCIR, BiC)."""
+    if not memory:
+        return data
+    split = ConcatSplit([data.split, TensorSplit(memory["x"], memory["y"])], [task_idx, -1])
+    return TrainData(split, torch.cat([data.task_ids, memory["task_ids"].cpu()]))
 
 
 class Replay(Method):
