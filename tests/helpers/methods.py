@@ -21,9 +21,19 @@ EVERY_METHOD: dict[str, list[str]] = {
     "derpp": ["method=derpp", "scenario=domain"],
     "icarl": ["method=icarl", "scenario=class"],
     "e2e": ["method=e2e", "scenario=class"],
+    "gem": ["method=gem", "scenario=task"],
+    "dgr": ["method=dgr", "scenario=domain"],
+    "rtf": ["method=rtf", "model=vae", "scenario=class"],
+    "er_ace": ["method=er_ace", "scenario=class"],
+    "xder": ["method=xder", "scenario=class"],
+    "gdumb": ["method=gdumb", "scenario=task"],
+    "lwf_mc": ["method=lwf_mc", "scenario=class"],
+    "bic": ["method=bic", "scenario=class"],
+    "lucir": ["method=lucir", "scenario=class"],
     "kd+replay": ["method=kd", "plus=[replay]", "scenario=class"],
     "ewc+agem": ["method=ewc", "plus=[agem]", "scenario=task"],
     "kd+replay+si": ["method=kd", "plus=[replay,si]", "scenario=domain"],
+    "ewc+dgr": ["method=ewc", "plus=[dgr]", "scenario=class"],
 }
 COMBINATIONS = [name for name in EVERY_METHOD if "+" in name]
 
