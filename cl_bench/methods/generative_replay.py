@@ -14,7 +14,7 @@ from cl_bench.core.errors import ConfigError
 from cl_bench.core.scenario import Scenario
 from cl_bench.methods.base import Batch, Method, OwnModel, TrainContext
 from cl_bench.methods.kd import LazyTeacher, old_model_state
-from cl_bench.methods.params import choice, count, flag, number
+from cl_bench.methods.params import choice, count, counts, flag, number
 from cl_bench.models.vae import VAE
 
 TARGETS = ("hard", "soft")
@@ -106,7 +106,7 @@ class GenerativeReplay(Method):
         self.reduction = choice("reduction", reduction, REDUCTIONS)
         self.feedback = flag("feedback", feedback)
         self.replay_size = None if replay_size is None else count("replay_size", replay_size)
-        self.hidden = [count("hidden", size) for size in (hidden or [400, 400])]
+        self.hidden = counts("hidden", [400, 400] if hidden is None else hidden)
         self.latent = count("latent", latent)
         self.generator_lr = number("generator_lr", generator_lr, "> 0", lambda v: v > 0)
         self.generator = OwnModel(self._build_generator, self._generator_optimizer)

@@ -6,7 +6,7 @@ renamed to its own keys (`under`)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from cl_bench.core import checks
 from cl_bench.core.errors import ConfigError
@@ -25,6 +25,13 @@ def number(key: str, value: float, rule: str, ok: Callable[[float], bool]) -> fl
 def count(key: str, value: int) -> int:
     """An integer ≥ 1."""
     return checks.integer(f"method.{key}", value, 1)
+
+
+def counts(key: str, value: Sequence[int]) -> list[int]:
+    """A non-empty list of integers ≥ 1 (layer sizes)."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise ConfigError(f"method.{key}={value}: give a non-empty list of integers ≥ 1, e.g. [400, 400]")
+    return [count(key, size) for size in value]
 
 
 def flag(key: str, value: bool) -> bool:

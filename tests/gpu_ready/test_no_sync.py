@@ -38,11 +38,31 @@ HOST_SIDE = (Path(torch.__file__).parent, Path(cl_bench.__file__).parent / "data
 SYNC_WARNING = "called a synchronizing CUDA operation"
 STEPS = 6  # a task's steps in the shorter run; the longer one takes twice as many
 BOUNDARIES_ONLY = ["eval_every=1000", "checkpoint.every=null"]
+# The methods whose algorithm reads the device at every step, by design, each in its own file only: a GPU step of
+# theirs waits for the host there (docs/gpu.md says which).
+STEP_READS_BY_DESIGN = {
+    "gem": ("methods/gem.py", "the quadratic program is solved on the host by quadprog (GEM's and Mammoth's code "
+                              "likewise), after a conflict check read there"),
+    "xder": ("methods/xder.py", "which drawn slots' stored logits are updated is chosen on the host from their draw "
+                                "counts (a selection of data-dependent size, as Mammoth's boolean indexing)"),
+}
+# The best state's test evaluation (engine/evaluator.py) is made at the run's end, or taken from the evaluation
+# cache when the best state is the last one: a boundary whose reads depend on where the peak fell, not on the steps.
+RESULT_DEPENDENT = ("best_test",)
 
 
 def counted(filename: str) -> bool:
     """Whether a host read made from `filename` counts (not torch's own, not the host-side loader's)."""
     return not any(Path(filename).is_relative_to(folder) for folder in HOST_SIDE)
+
+
+def within(frame, functions: tuple[str, ...]) -> bool:
+    """Whether `frame` runs inside a call of one of cl_bench's `functions`."""
+    while frame is not None:
+        if frame.f_code.co_name in functions and counted(frame.f_code.co_filename):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextmanager
@@ -56,7 +76,7 @@ def host_reads(device: str) -> Iterator[Counter]:
     def counting(name: str, original):
         def read(self, *args, **kwargs):
             caller = sys._getframe(1)
-            if counted(caller.f_code.co_filename):
+            if counted(caller.f_code.co_filename) and not within(caller, RESULT_DEPENDENT):
                 counts[f"{name} at {caller.f_code.co_filename}:{caller.f_lineno}"] += 1
             return original(self, *args, **kwargs)
 
@@ -107,7 +127,12 @@ def test_a_training_step_reads_nothing_on_the_host(tmp_path, method, device):
     shorter = counted_run(tmp_path, "shorter", device, *common, f"first_task.steps={STEPS}", f"steps={STEPS}")
     longer = counted_run(tmp_path, "longer", device, *common, f"first_task.steps={2 * STEPS}", f"steps={2 * STEPS}")
     assert sum(shorter.values()) > 0  # the boundaries' reads are seen: the counting works
-    assert per_step_reads(shorter, longer) == {}
+    extra = per_step_reads(shorter, longer)
+    if method in STEP_READS_BY_DESIGN:
+        own_file = str(Path(cl_bench.__file__).parent / STEP_READS_BY_DESIGN[method][0])
+        assert extra and all(where.split(" at ")[1].startswith(own_file + ":") for where in extra), extra
+    else:
+        assert extra == {}
 
 
 @pytest.mark.parametrize("device", DEVICES)
