@@ -21,7 +21,12 @@ def scenarios_of(name: str) -> tuple[str, ...]:
     return get_class(compose_config(TINY, f"method={name}").method._target_).scenarios
 
 
-CASES = [([f"method={name}", f"scenario={scenario}"], f"{name}-{scenario}")
+def in_scenario(name: str, scenario: str) -> list[str]:
+    """EVERY_METHOD's overrides of method `name` (with what it needs, e.g. RtF's model=vae) in `scenario`."""
+    return [*(key for key in EVERY_METHOD[name] if not key.startswith("scenario=")), f"scenario={scenario}"]
+
+
+CASES = [(in_scenario(name, scenario), f"{name}-{scenario}")
          for name in method_names() for scenario in scenarios_of(name)]
 CASES += [(list(EVERY_METHOD[name]), name) for name in COMBINATIONS]
 
