@@ -15,6 +15,7 @@ from cl_bench.data.task import Task, TensorSplit
 from cl_bench.methods.base import Batch, Method, Stage, TrainContext, TrainData
 from cl_bench.methods.der import last_writes, reservoir_slots
 from cl_bench.methods.params import choice, count, number
+from cl_bench.methods.replay import check_memory_size
 from cl_bench.models.head import reset_parameters
 
 SAMPLERS = ("reservoir", "balanced")
@@ -91,12 +92,7 @@ class GDumb(Method):
 
     def check(self, tasks: list[Task]) -> None:
         """Every class can have an exemplar; CutMix needs image inputs."""
-        n_classes = sum(task.n_classes for task in tasks)
-        if self.memory_size < n_classes:
-            raise ConfigError(
-                f"method.memory_size={self.memory_size}: smaller than the {n_classes} classes of the tasks; "
-                f"choose at least {n_classes}"
-            )
+        check_memory_size(self.memory_size, tasks)
         flat = [task.name for task in tasks if len(task.input_shape) != 3]
         if self.cutmix_alpha > 0 and flat:
             raise ConfigError(

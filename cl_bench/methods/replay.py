@@ -59,6 +59,16 @@ def with_memory(data: TrainData, memory: dict[str, Tensor], task_idx: int) -> Tr
     return TrainData(split, torch.cat([data.task_ids, memory["task_ids"].cpu()]))
 
 
+def check_memory_size(memory_size: int, tasks: list[Task]) -> None:
+    """A ConfigError unless a memory of `memory_size` exemplars holds at least one of every class of `tasks`."""
+    n_classes = sum(task.n_classes for task in tasks)
+    if memory_size < n_classes:
+        raise ConfigError(
+            f"method.memory_size={memory_size}: smaller than the {n_classes} classes of the tasks; "
+            f"each class needs at least one exemplar (choose at least {n_classes})"
+        )
+
+
 class Replay(Method):
     """L(θ) = w_task·CE(the task's examples) + w_replay·CE(replayed exemplars of earlier tasks), each CE
     the mean over its examples. Each batch gets `replay_batch_size` exemplars drawn uniformly from memory.
@@ -94,12 +104,7 @@ class Replay(Method):
 
     def check(self, tasks: list[Task]) -> None:
         """The memory holds at least one exemplar of every class of `tasks`."""
-        n_classes = sum(task.n_classes for task in tasks)
-        if self.memory_size < n_classes:
-            raise ConfigError(
-                f"method.memory_size={self.memory_size}: smaller than the {n_classes} classes of the tasks; "
-                f"each class needs at least one exemplar (choose at least {n_classes})"
-            )
+        check_memory_size(self.memory_size, tasks)
 
     def share(self, tasks: list[Task]) -> int:
         """Exemplars per class once `tasks` are done (`check`'s error if there is not one for each)."""
