@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from cl_bench.core.scenario import Scenario
 from cl_bench.methods.base import Batch, TrainContext
 from cl_bench.methods.kd import LazyTeacher, old_model_state
+from cl_bench.methods.params import number
 from cl_bench.methods.replay import FEATURE_BATCH_SIZE, Replay
 
 STATE_KEYS = {"memory", "teacher"}
@@ -55,8 +56,10 @@ class ICaRL(Replay):
         L = −mean_{i, y} [ t_iy·log σ(z_iy) + (1 − t_iy)·log(1 − σ(z_iy)) ],
 
     over every example i and every output unit y seen so far; t_iy = [y = y_i] for the units of the task
-    being trained (so 0 for an exemplar), and t_iy = σ(z_old_iy) for the old units, z_old the logits of
-    the model as it was when the previous task ended (a frozen copy, run live on the same inputs). The
+    being trained (so 0 for an exemplar), and t_iy = σ(z_old_iy / T) for the old units, z_old the logits of
+    the model as it was when the previous task ended (a frozen copy, run live on the same inputs), T the
+    `temperature`: 1 in Rebuffi et al. and Mammoth, 2 in van de Ven & Tolias's code (`sigmoid(scores / KD_temp)`,
+    their `--temp`). The
     paper writes the sum over i and y; like the authors' and Mammoth's code we take the mean (a learning-
     rate scale). It is the term "icarl"; `task_loss_weight` is 0, so the trainer's cross-entropy "task"
     term is logged as 0 and adds no gradient. Task A trains with this loss too (`changes_first_task`).
@@ -81,8 +84,9 @@ class ICaRL(Replay):
     scenarios = ("class",)
     owns = frozenset({"batch", "prediction"})
 
-    def __init__(self, memory_size: int = 200, replay_batch_size: int | None = None):
+    def __init__(self, memory_size: int = 200, replay_batch_size: int | None = None, temperature: float = 1.0):
         super().__init__(memory_size, "herding", replay_batch_size)
+        self.temperature = number("temperature", temperature, "> 0", lambda v: v > 0)
         self.teacher = LazyTeacher("iCaRL")
         self.live: TrainContext | None = None  # the task being trained, whose exemplars evaluation selects live
         self.scenario: Scenario | None = None
@@ -109,11 +113,11 @@ class ICaRL(Replay):
 
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
         """iCaRL's BCE over the units seen so far: one-hot targets on the task's units, the previous model's
-        sigmoids on the old ones, for every example of the batch (exemplars included)."""
+        sigmoids (at `temperature`) on the old ones, for every example of the batch (exemplars included)."""
         targets = F.one_hot(ctx.scenario.targets(batch.y, batch.task_ids), logits.shape[1]).to(logits.dtype)
         if ctx.task_idx > 0:
             with torch.no_grad():
-                old = torch.sigmoid(self.teacher(ctx)(batch.x))
+                old = torch.sigmoid(self.teacher(ctx)(batch.x) / self.temperature)
             n_old = ctx.scenario.task_units(ctx.task_idx).start  # the old classes' units (class-IL)
             targets[:, :n_old] = old[:, :n_old]
         return {"icarl": F.binary_cross_entropy_with_logits(logits, targets)}

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class TwoTasks:
     """Class-IL over two tasks of 3 classes of random inputs, a float64 MLP, and iCaRL with memory K."""
 
-    def __init__(self, memory_size: int):
+    def __init__(self, memory_size: int, temperature: float = 1.0):
         self.tasks = random_tasks(2, (4,), 3, n=18, seed=0, labels="cyclic")
         self.scenario = Scenario("class", [3, 3])
         self.model = seeded_mlp((4,), self.scenario.n_outputs(0), [5], dtype=torch.float64)
-        self.icarl = ICaRL(memory_size=memory_size, replay_batch_size=4)
+        self.icarl = ICaRL(memory_size=memory_size, replay_batch_size=4, temperature=temperature)
 
     def start(self, task_idx: int):
         return start_task(self.model, self.tasks, self.scenario, task_idx, self.icarl, batch_size=6)
@@ -40,8 +40,9 @@ def bce_by_hand(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
 
 
-def test_the_loss_is_the_bce_with_one_hot_new_classes_and_the_previous_models_sigmoids_on_old_ones():
-    run = TwoTasks(memory_size=6)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])  # Rebuffi et al.'s; van de Ven & Tolias's code's
+def test_the_loss_is_the_bce_with_one_hot_new_classes_and_the_previous_models_sigmoids_on_old_ones(temperature):
+    run = TwoTasks(memory_size=6, temperature=temperature)
     ctx = run.start(0)
     assert run.icarl.task_loss_weight(ctx) == 0.0  # the BCE replaces the trainer's cross-entropy
     batch = batch_of(run.tasks[0], 0, [0, 1, 2, 3])
@@ -62,7 +63,7 @@ def test_the_loss_is_the_bce_with_one_hot_new_classes_and_the_previous_models_si
     units = run.scenario.targets(batch.y, batch.task_ids)
     targets = torch.zeros(len(units), 6, dtype=torch.float64)
     with torch.no_grad():
-        targets[:, :3] = torch.sigmoid(previous(batch.x))  # every example, exemplars too
+        targets[:, :3] = torch.sigmoid(previous(batch.x) / temperature)  # every example, exemplars too
     for i, unit in enumerate(units.tolist()):
         if unit >= 3:
             targets[i, unit] = 1.0  # the new classes' one-hot; an exemplar's new units stay 0
