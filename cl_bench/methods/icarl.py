@@ -46,6 +46,17 @@ def class_means(model: nn.Module, x: Tensor, units: Tensor, n_units: int) -> tup
     return F.normalize(sums, dim=1), torch.bincount(units, minlength=n_units) > 0
 
 
+def multi_class_bce(logits: Tensor, units: Tensor, old_probabilities: Tensor | None) -> Tensor:
+    """iCaRL's representation-learning loss over `logits`' columns (iCaRL's: every unit; LwF.MC's: the units seen so
+    far): the mean over examples and units of the binary cross-entropy of sigmoid(logits), the targets one-hot on each
+    example's unit `units` and, on the first `old_probabilities.shape[1]` units (the old classes), the previous
+    model's sigmoids instead."""
+    targets = F.one_hot(units, logits.shape[1]).to(logits.dtype)
+    if old_probabilities is not None:
+        targets[:, : old_probabilities.shape[1]] = old_probabilities
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
 class ICaRL(Replay):
     """iCaRL, class-IL only: a herding exemplar memory, sigmoid-BCE representation learning with distillation
     of the previous model's outputs, and the nearest-mean-of-exemplars classifier (Rebuffi et al. 2017).
@@ -114,13 +125,13 @@ class ICaRL(Replay):
     def loss_terms(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> dict[str, Tensor]:
         """iCaRL's BCE over the units seen so far: one-hot targets on the task's units, the previous model's
         sigmoids (at `temperature`) on the old ones, for every example of the batch (exemplars included)."""
-        targets = F.one_hot(ctx.scenario.targets(batch.y, batch.task_ids), logits.shape[1]).to(logits.dtype)
+        old = None
         if ctx.task_idx > 0:
-            with torch.no_grad():
-                old = torch.sigmoid(self.teacher(ctx)(batch.x) / self.temperature)
             n_old = ctx.scenario.task_units(ctx.task_idx).start  # the old classes' units (class-IL)
-            targets[:, :n_old] = old[:, :n_old]
-        return {"icarl": F.binary_cross_entropy_with_logits(logits, targets)}
+            with torch.no_grad():
+                old = torch.sigmoid(self.teacher(ctx)(batch.x)[:, :n_old] / self.temperature)
+        units = ctx.scenario.targets(batch.y, batch.task_ids)
+        return {"icarl": multi_class_bce(logits, units, old)}
 
     def after_task(self, ctx: TrainContext) -> None:
         """The old classes cut to ⌊K / n⌋ exemplars, the task's classes' herding selection added."""

@@ -4,23 +4,13 @@ Incremental Classifier and Representation Learning"): iCaRL's loss without its e
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cl_bench.methods.base import Batch, Method, TrainContext
+from cl_bench.methods.icarl import multi_class_bce
 from cl_bench.methods.kd import LazyTeacher, old_model_state
 
 STATE_KEYS = {"teacher"}
-
-
-def multi_class_bce(logits: Tensor, units: Tensor, old_probabilities: Tensor | None) -> Tensor:
-    """iCaRL's representation-learning loss on the units seen so far (`logits`' columns): the mean over examples and
-    units of the binary cross-entropy of sigmoid(logits), the targets one-hot on each example's unit and, on the
-    first `old_probabilities.shape[1]` units (the old classes), the previous model's sigmoids instead."""
-    targets = F.one_hot(units, logits.shape[1]).to(logits.dtype)
-    if old_probabilities is not None:
-        targets[:, : old_probabilities.shape[1]] = old_probabilities
-    return F.binary_cross_entropy_with_logits(logits, targets)
 
 
 class LwFMC(Method):
